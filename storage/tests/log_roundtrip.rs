@@ -1,0 +1,484 @@
+//! Round trips through the shard log: byte identity after reopen, reads by
+//! offset and timestamp across segment boundaries, truncation, compaction,
+//! retention and the collector, corruption handling.
+
+mod common;
+
+use common::{batch, run, small_config, stamped};
+use shardmq_schema::batch::RecordBatchView;
+use shardmq_storage::{EntryKind, EntryRef, HardState, RetentionPolicy, ShardLog, StorageError};
+
+/// Appends `n` data entries of 3 records to each of `parts`, interleaved, and
+/// returns what each partition must hold: (index, term, stamped bytes).
+async fn fill(log: &ShardLog, parts: &[u64], n: u64, ts0: i64) -> Vec<Vec<(u64, u64, Vec<u8>)>> {
+    let mut expect = vec![Vec::new(); parts.len()];
+    for i in 0..n {
+        for (k, &p) in parts.iter().enumerate() {
+            let index = log.last_index(p).unwrap() + 1;
+            let payload = batch(3, 300, ts0 + (i as i64) * 10, (i as u8) ^ (p as u8));
+            let out = log
+                .append(
+                    p,
+                    &[EntryRef {
+                        index,
+                        term: 2,
+                        kind: EntryKind::Data,
+                        payload: &payload,
+                    }],
+                )
+                .await
+                .unwrap();
+            expect[k].push((index, 2, stamped(&payload, out.base_offset, 2)));
+        }
+    }
+    log.sync().await.unwrap();
+    expect
+}
+
+async fn check(log: &ShardLog, parts: &[u64], expect: &[Vec<(u64, u64, Vec<u8>)>]) {
+    for (k, &p) in parts.iter().enumerate() {
+        let first = log.first_index(p).unwrap();
+        let want: Vec<_> = expect[k].iter().filter(|e| e.0 >= first).collect();
+        let got = log
+            .entries(p, first, log.last_index(p).unwrap() + 1, None)
+            .await
+            .unwrap();
+        assert_eq!(got.len(), want.len(), "partition {p}");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!((g.index, g.term), (w.0, w.1));
+            assert_eq!(&g.payload[..], &w.2[..], "partition {p} index {}", w.0);
+        }
+    }
+}
+
+#[test]
+fn batches_survive_reopen_byte_identical_and_reads_cross_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let parts = [1u64, 2];
+    let expect = run(|| async {
+        let (log, _) = ShardLog::open(small_config(dir.path())).await.unwrap();
+        for &p in &parts {
+            log.create_partition(p).await.unwrap();
+        }
+        let expect = fill(&log, &parts, 120, 1_000_000).await;
+        assert!(log.segment_count() > 3, "the data spans several segments");
+        log.close().await.unwrap();
+        expect
+    });
+    run(|| async {
+        let (log, report) = ShardLog::open(small_config(dir.path())).await.unwrap();
+        assert_eq!(report.partitions, 2);
+        assert_eq!(report.entries, 240);
+        assert!(report.corrupt_partitions.is_empty());
+        check(&log, &parts, &expect).await;
+
+        // Every offset of partition 1 is found in the batch that holds it.
+        let p = 1;
+        assert_eq!(log.next_offset(p).unwrap(), 360);
+        for offset in [0u64, 1, 2, 3, 100, 200, 358, 359] {
+            let got = log.read_from_offset(p, offset, 1, u64::MAX).await.unwrap();
+            assert_eq!(got.len(), 1);
+            let view = RecordBatchView::parse_verified(&got[0].bytes).unwrap();
+            let base = view.base_offset() as u64;
+            assert!(
+                base <= offset && offset < base + 3,
+                "offset {offset} in batch at {base}"
+            );
+        }
+        // A budget spanning many batches returns them in order, densely.
+        let all = log
+            .read_from_offset(p, 0, u64::MAX, u64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 120);
+        for (i, b) in all.iter().enumerate() {
+            assert_eq!(b.base_offset, i as u64 * 3);
+        }
+        // The commit bound is respected.
+        let bounded = log.read_from_offset(p, 0, u64::MAX, 10).await.unwrap();
+        assert_eq!(bounded.last().unwrap().index, 10);
+        // The end of the log reads empty; past it is an error.
+        assert!(log
+            .read_from_offset(p, 360, 1 << 20, u64::MAX)
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(matches!(
+            log.read_from_offset(p, 361, 1 << 20, u64::MAX).await,
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+
+        // Timestamps: batch i holds records at ts0 + 10 i .. + 2.
+        let ts0 = 1_000_000;
+        assert_eq!(log.offset_for_timestamp(p, 0).unwrap(), Some(0));
+        assert_eq!(log.offset_for_timestamp(p, ts0 + 55).unwrap(), Some(18));
+        assert_eq!(log.offset_for_timestamp(p, ts0 + 52).unwrap(), Some(15));
+        assert_eq!(log.offset_for_timestamp(p, ts0 + 1190).unwrap(), Some(357));
+        assert_eq!(log.offset_for_timestamp(p, ts0 + 1193).unwrap(), None);
+        log.close().await.unwrap();
+    });
+}
+
+#[test]
+fn reopen_without_close_keeps_everything_synced() {
+    let dir = tempfile::tempdir().unwrap();
+    let parts = [7u64];
+    let expect = run(|| async {
+        let (log, _) = ShardLog::open(small_config(dir.path())).await.unwrap();
+        log.create_partition(7).await.unwrap();
+        let expect = fill(&log, &parts, 50, 0).await;
+        // Appended but never synced: may or may not survive, never torn.
+        let payload = batch(1, 10, 5, 5);
+        log.append(
+            7,
+            &[EntryRef {
+                index: 51,
+                term: 2,
+                kind: EntryKind::Data,
+                payload: &payload,
+            }],
+        )
+        .await
+        .unwrap();
+        drop(log);
+        expect
+    });
+    run(|| async {
+        let (log, _) = ShardLog::open(small_config(dir.path())).await.unwrap();
+        assert!(log.last_index(7).unwrap() >= 50);
+        let mut expect = expect.clone();
+        expect[0].truncate(50);
+        let first = log.first_index(7).unwrap();
+        let got = log.entries(7, first, 51, None).await.unwrap();
+        for (g, w) in got.iter().zip(&expect[0]) {
+            assert_eq!(&g.payload[..], &w.2[..]);
+        }
+    });
+}
+
+#[test]
+fn raft_operations_truncate_compact_reset_and_hard_state() {
+    let dir = tempfile::tempdir().unwrap();
+    run(|| async {
+        let (log, _) = ShardLog::open(small_config(dir.path())).await.unwrap();
+        log.create_partition(3).await.unwrap();
+        let b = batch(2, 20, 100, 1);
+        for i in 1..=10 {
+            log.append(
+                3,
+                &[EntryRef {
+                    index: i,
+                    term: 1,
+                    kind: EntryKind::Data,
+                    payload: &b,
+                }],
+            )
+            .await
+            .unwrap();
+        }
+        // A conflicting append at 8 replaces 8..=10; offsets follow.
+        let out = log
+            .append(
+                3,
+                &[
+                    EntryRef {
+                        index: 8,
+                        term: 2,
+                        kind: EntryKind::Empty,
+                        payload: &[],
+                    },
+                    EntryRef {
+                        index: 9,
+                        term: 2,
+                        kind: EntryKind::Data,
+                        payload: &b,
+                    },
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            shardmq_storage::AppendOutcome {
+                base_offset: 14,
+                next_offset: 16,
+                last_index: 9
+            }
+        );
+        assert_eq!(log.term(3, 8).unwrap(), 2);
+        // Gaps are refused.
+        let gap = log
+            .append(
+                3,
+                &[EntryRef {
+                    index: 11,
+                    term: 2,
+                    kind: EntryKind::Data,
+                    payload: &b,
+                }],
+            )
+            .await;
+        assert!(matches!(gap, Err(StorageError::IndexGap { index: 11, .. })));
+        // A bad crc is refused before anything is written.
+        let mut bad = b.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        let refused = log
+            .append(
+                3,
+                &[EntryRef {
+                    index: 10,
+                    term: 2,
+                    kind: EntryKind::Data,
+                    payload: &bad,
+                }],
+            )
+            .await;
+        assert!(matches!(refused, Err(StorageError::BadBatch { .. })));
+        log.truncate_suffix(3, 9).await.unwrap();
+        assert_eq!(
+            (log.last_index(3).unwrap(), log.next_offset(3).unwrap()),
+            (8, 14)
+        );
+        log.compact(3, 5).await.unwrap();
+        assert_eq!(
+            (log.first_index(3).unwrap(), log.term(3, 4).unwrap()),
+            (5, 1)
+        );
+        assert!(matches!(
+            log.term(3, 3),
+            Err(StorageError::Compacted { .. })
+        ));
+        assert_eq!(log.log_start_offset(3).unwrap(), 8);
+        log.set_hard_state(
+            3,
+            HardState {
+                term: 2,
+                vote: 4,
+                commit: 7,
+            },
+        )
+        .await
+        .unwrap();
+        log.sync().await.unwrap();
+        drop(log);
+
+        let (log, _) = ShardLog::open(small_config(dir.path())).await.unwrap();
+        assert_eq!(
+            (log.first_index(3).unwrap(), log.last_index(3).unwrap()),
+            (5, 8)
+        );
+        assert_eq!(
+            (
+                log.log_start_offset(3).unwrap(),
+                log.next_offset(3).unwrap()
+            ),
+            (8, 14)
+        );
+        assert_eq!(log.term(3, 4).unwrap(), 1);
+        assert_eq!(log.term(3, 8).unwrap(), 2);
+        assert_eq!(
+            log.hard_state(3).unwrap(),
+            HardState {
+                term: 2,
+                vote: 4,
+                commit: 7
+            }
+        );
+        // A replica restarting from the leader's compaction point.
+        log.reset(3, 101, 5, 900).await.unwrap();
+        log.append(
+            3,
+            &[EntryRef {
+                index: 101,
+                term: 5,
+                kind: EntryKind::Data,
+                payload: &b,
+            }],
+        )
+        .await
+        .unwrap();
+        log.sync().await.unwrap();
+        drop(log);
+
+        let (log, _) = ShardLog::open(small_config(dir.path())).await.unwrap();
+        assert_eq!(
+            (log.first_index(3).unwrap(), log.last_index(3).unwrap()),
+            (101, 101)
+        );
+        assert_eq!(log.term(3, 100).unwrap(), 5);
+        let got = log
+            .read_from_offset(3, 900, 1 << 20, u64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(
+            RecordBatchView::parse_verified(&got[0].bytes)
+                .unwrap()
+                .base_offset(),
+            900
+        );
+    });
+}
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn retention_and_the_collector_give_space_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let parts = [1u64, 2];
+    run(|| async {
+        let (log, _) = ShardLog::open(small_config(dir.path())).await.unwrap();
+        for &p in &parts {
+            log.create_partition(p).await.unwrap();
+        }
+        let expect = fill(&log, &parts, 200, 0).await;
+        let before_segments = log.segment_count();
+        let before_bytes = dir_bytes(dir.path());
+        // Partition 1 keeps about 8 KiB by size; partition 2 keeps records
+        // newer than 1,000 ms, but Raft still needs it from index 150.
+        let p1_first = log
+            .apply_retention(
+                1,
+                RetentionPolicy {
+                    bytes_max: Some(8 << 10),
+                    age_max_ms: None,
+                },
+                0,
+                u64::MAX,
+            )
+            .await
+            .unwrap();
+        assert!(log.partition_bytes(1).unwrap() <= 8 << 10);
+        assert!(p1_first > 150);
+        let p2_first = log
+            .apply_retention(
+                2,
+                RetentionPolicy {
+                    bytes_max: None,
+                    age_max_ms: Some(1_000),
+                },
+                2_000,
+                150,
+            )
+            .await
+            .unwrap();
+        assert_eq!(p2_first, 101.min(150));
+        let gc = log.gc().await.unwrap();
+        log.sync().await.unwrap();
+        assert!(gc.segments_deleted > 0, "{gc:?}");
+        assert!(log.segment_count() < before_segments);
+        assert!(dir_bytes(dir.path()) < before_bytes);
+        check(&log, &parts, &expect).await;
+        // A second pass moves the last live entries out of sparse segments.
+        log.roll().await.unwrap();
+        let gc2 = log.gc().await.unwrap();
+        log.sync().await.unwrap();
+        check(&log, &parts, &expect).await;
+        drop(log);
+
+        let (log, report) = ShardLog::open(small_config(dir.path())).await.unwrap();
+        assert!(
+            report.corrupt_partitions.is_empty(),
+            "{report:?} after {gc2:?}"
+        );
+        assert_eq!(log.first_index(1).unwrap(), p1_first);
+        assert_eq!(log.first_index(2).unwrap(), p2_first);
+        check(&log, &parts, &expect).await;
+        // Removing a partition frees its segments too.
+        log.remove_partition(2).await.unwrap();
+        log.compact(1, log.last_index(1).unwrap() + 1)
+            .await
+            .unwrap();
+        log.roll().await.unwrap();
+        log.gc().await.unwrap();
+        assert_eq!(log.segment_count(), 1, "only the active segment is left");
+        drop(log);
+        let (log, _) = ShardLog::open(small_config(dir.path())).await.unwrap();
+        assert_eq!(log.partitions(), vec![1]);
+        assert_eq!(log.next_offset(1).unwrap(), 600);
+    });
+}
+
+#[test]
+fn corruption_is_an_error_never_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let parts = [1u64, 2];
+    let expect = run(|| async {
+        let (log, _) = ShardLog::open(small_config(dir.path())).await.unwrap();
+        for &p in &parts {
+            log.create_partition(p).await.unwrap();
+        }
+        let e = fill(&log, &parts, 60, 0).await;
+        log.close().await.unwrap();
+        e
+    });
+    // Flip a payload byte in the middle of the first segment.
+    let first_segment = dir.path().join("0000000001.log");
+    let mut bytes = std::fs::read(&first_segment).unwrap();
+    bytes[20_000] ^= 0xff;
+    std::fs::write(&first_segment, &bytes).unwrap();
+    // And damage the index file of the second segment: it is rebuilt.
+    let second_index = dir.path().join("0000000002.idx");
+    let mut idx = std::fs::read(&second_index).unwrap();
+    idx[30] ^= 1;
+    std::fs::write(&second_index, &idx).unwrap();
+    run(|| async {
+        let (log, report) = ShardLog::open(small_config(dir.path())).await.unwrap();
+        assert_eq!(report.indexes_rebuilt, 1);
+        let mut errors = 0;
+        for (k, &p) in parts.iter().enumerate() {
+            for (index, _, want) in &expect[k] {
+                match log.entries(p, *index, index + 1, None).await {
+                    Ok(got) => assert_eq!(&got[0].payload[..], &want[..]),
+                    Err(StorageError::Corrupt { .. }) => errors += 1,
+                    Err(other) => panic!("unexpected {other}"),
+                }
+            }
+        }
+        assert_eq!(errors, 1, "exactly the damaged entry is refused");
+        assert_eq!(log.stats().corruptions, 1);
+    });
+    // Corrupt a record header of a sealed segment whose index is gone: the
+    // entries after it are lost, their partitions refuse to serve, and the
+    // broker keeps running.
+    std::fs::remove_file(dir.path().join("0000000001.idx")).unwrap();
+    let mut bytes = std::fs::read(&first_segment).unwrap();
+    bytes[10_000..10_100].fill(0xee);
+    std::fs::write(&first_segment, &bytes).unwrap();
+    run(|| async {
+        let (log, report) = ShardLog::open(small_config(dir.path())).await.unwrap();
+        assert!(!report.corrupt_partitions.is_empty());
+        let (p, _) = report.corrupt_partitions[0];
+        assert!(matches!(
+            log.entries(p, 1, 2, None).await,
+            Err(StorageError::PartitionCorrupt { .. })
+        ));
+        assert!(log.stats().corruptions >= 1);
+    });
+}
+
+#[test]
+fn garbage_segment_files_never_crash_recovery() {
+    for seed in 0..8u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut bytes = vec![0u8; 64 << 10];
+        for b in bytes.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        std::fs::write(dir.path().join("0000000001.log"), &bytes).unwrap();
+        std::fs::write(dir.path().join("0000000001.idx"), &bytes[..999]).unwrap();
+        run(|| async {
+            let (log, report) = ShardLog::open(small_config(dir.path())).await.unwrap();
+            assert_eq!(report.entries, 0);
+            assert!(log.partitions().is_empty());
+        });
+    }
+}
