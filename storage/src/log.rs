@@ -1454,16 +1454,17 @@ impl ShardLog {
         self.shared.inner.borrow().segments.len()
     }
 
-    /// Sequence number and durable end of the active segment (for tests that
-    /// simulate a crash by damaging what was not yet synced).
-    pub fn durable_position(&self) -> (PathBuf, u64) {
+    /// The active segment's path, the end of its durable bytes and the end
+    /// of everything appended to it (for tests that simulate a crash by
+    /// damaging what was not yet synced).
+    pub fn durable_position(&self) -> (PathBuf, u64, u64) {
         let inner = self.shared.inner.borrow();
         let seg = &inner.segments[&inner.active_seq];
         // Bytes not yet durable are all in the staging buffer (outside a
         // round), at its end.
         let unsynced = inner.appended_lsn - inner.durable_lsn;
-        let durable_end = inner.staging.base + inner.staging.fill as u64 - unsynced;
-        (seg.path.clone(), durable_end)
+        let appended_end = inner.staging.base + inner.staging.fill as u64;
+        (seg.path.clone(), appended_end - unsynced, appended_end)
     }
 
     /// Syncs, then closes every file. Appends after close fail.

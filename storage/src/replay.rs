@@ -55,7 +55,7 @@ pub struct Scanned {
     pub body: RecordBody,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PartReplay {
     entries: BTreeMap<u64, EntryLoc>,
     first_index: u64,
@@ -64,11 +64,15 @@ struct PartReplay {
     hard: HardState,
 }
 
-impl PartReplay {
-    fn new() -> Self {
+impl Default for PartReplay {
+    /// A new partition: empty, first index 1, offsets from 0.
+    fn default() -> Self {
         PartReplay {
+            entries: BTreeMap::new(),
             first_index: 1,
-            ..Default::default()
+            term_before_first: 0,
+            first_offset: 0,
+            hard: HardState::default(),
         }
     }
 }
@@ -105,10 +109,7 @@ impl Replay {
             self.parts.remove(&h.partition);
             return;
         }
-        let part = self
-            .parts
-            .entry(h.partition)
-            .or_insert_with(PartReplay::new);
+        let part = self.parts.entry(h.partition).or_default();
         match &rec.body {
             RecordBody::Entry {
                 offset_count,
@@ -157,10 +158,7 @@ impl Replay {
     fn apply_checkpoint(&mut self, rows: &[CheckpointRow]) {
         let mut next: HashMap<PartitionId, PartReplay> = HashMap::with_capacity(rows.len());
         for row in rows {
-            let mut part = self
-                .parts
-                .remove(&row.partition)
-                .unwrap_or_else(PartReplay::new);
+            let mut part = self.parts.remove(&row.partition).unwrap_or_default();
             part.entries = part.entries.split_off(&row.first_index);
             drop(part.entries.split_off(&(row.last_index.saturating_add(1))));
             part.first_index = row.first_index;
@@ -184,10 +182,9 @@ impl Replay {
             .map(|(id, p)| {
                 let mut corrupt = None;
                 let mut entries = Vec::with_capacity(p.entries.len());
-                let mut expect = p.first_index;
                 let mut next_offset = p.first_offset;
                 let mut running = i64::MIN;
-                for (index, mut loc) in p.entries {
+                for (expect, (index, mut loc)) in (p.first_index..).zip(p.entries) {
                     if index != expect {
                         corrupt = Some(format!(
                             "entries missing from index {expect} to {} (a segment was lost or corrupt)",
@@ -202,7 +199,6 @@ impl Replay {
                     }
                     loc.max_timestamp_running = running;
                     entries.push(loc);
-                    expect += 1;
                 }
                 RecoveredPartition {
                     id,
@@ -224,6 +220,7 @@ impl Replay {
 mod tests {
     use super::*;
 
+    #[allow(clippy::too_many_arguments)]
     fn rec(
         seq: u32,
         pos: u32,
