@@ -904,6 +904,7 @@ impl ShardLog {
     /// Waits until a record of `len` bytes fits in the staging buffer and in
     /// the active segment, flushing or rolling as needed.
     async fn reserve(&self, len: usize) -> Result<()> {
+        let mut rolled = false;
         loop {
             enum Next {
                 Wait(event_listener::EventListener),
@@ -937,7 +938,17 @@ impl ShardLog {
             };
             match next {
                 Next::Wait(l) => l.await,
-                Next::Roll => self.roll().await?,
+                Next::Roll if rolled => {
+                    // A fresh segment holds only its checkpoint: the record
+                    // can never fit.
+                    return Err(StorageError::InvalidArgument(format!(
+                        "a {len}-byte record does not fit in a segment after its checkpoint"
+                    )));
+                }
+                Next::Roll => {
+                    self.roll().await?;
+                    rolled = true;
+                }
                 Next::Flush => self.flush_round().await?,
             }
         }
