@@ -1,5 +1,5 @@
 //! Model-based test of the shard log: random sequences of appends, conflicts,
-//! truncations, compactions, hard states, syncs, rolls, collector passes,
+//! truncations, compactions, retention by size, hard states, syncs, rolls, collector passes,
 //! clean reopens and crashes (the unsynced tail written, then cut at a random
 //! byte or with a random bit flipped) run against an in-memory model.
 //!
@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 
 use common::{batch, run, small_config, stamped};
 use proptest::prelude::*;
-use shardmq_storage::{EntryKind, EntryRef, HardState, ShardLog};
+use shardmq_storage::record::RECORD_HEADER_BYTES;
+use shardmq_storage::{EntryKind, EntryRef, HardState, RetentionPolicy, ShardLog};
 
 const PARTITIONS: u64 = 3;
 
@@ -52,6 +53,19 @@ impl MPart {
             self.entries[(index - self.first_index) as usize].term
         }
     }
+    /// Drops the entries before `to`, as the log's compaction does.
+    fn compact(&mut self, to: u64) {
+        let term_before = self.term_of(to - 1);
+        let drop = (to - self.first_index) as usize;
+        self.first_offset = self
+            .entries
+            .get(drop)
+            .map_or(self.next_offset(), |e| e.base_offset);
+        self.entries.drain(..drop);
+        self.first_index = to;
+        self.term_before_first = term_before;
+    }
+
     fn max_term(&self) -> u64 {
         self.entries
             .last()
@@ -83,6 +97,11 @@ enum Op {
         p: u64,
         keep: u64,
     },
+    Retention {
+        p: u64,
+        bytes_max: u64,
+        keep_from_back: u64,
+    },
     Hard {
         p: u64,
     },
@@ -105,6 +124,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (p.clone(), 1u64..4).prop_map(|(p, back)| Op::Conflict { p, back }),
         1 => (p.clone(), 1u64..4).prop_map(|(p, back)| Op::Truncate { p, back }),
         1 => (p.clone(), 0u64..6).prop_map(|(p, keep)| Op::Compact { p, keep }),
+        1 => (p.clone(), 0u64..8000, 0u64..4)
+            .prop_map(|(p, bytes_max, keep_from_back)| Op::Retention { p, bytes_max, keep_from_back }),
         1 => p.prop_map(|p| Op::Hard { p }),
         2 => Just(Op::Sync),
         1 => Just(Op::Roll),
@@ -280,17 +301,39 @@ fn check_ops(ops: Vec<Op>) {
                         continue;
                     }
                     log.compact(p, to).await.unwrap();
-                    let term_before = m.term_of(to - 1);
-                    let drop = (to - m.first_index) as usize;
-                    let first_offset = m
-                        .entries
-                        .get(drop)
-                        .map_or(m.next_offset(), |e| e.base_offset);
-                    m.entries.drain(..drop);
-                    m.first_index = to;
-                    m.term_before_first = term_before;
-                    m.first_offset = first_offset;
+                    m.compact(to);
                     pending.push(model.clone());
+                }
+                Op::Retention {
+                    p,
+                    bytes_max,
+                    keep_from_back,
+                } => {
+                    // Drop the oldest entries while the partition holds more
+                    // than `bytes_max` (headers included), never at or past
+                    // the index Raft still needs.
+                    let m = model.get_mut(&p).unwrap();
+                    let keep_from = (m.last_index() + 1).saturating_sub(keep_from_back);
+                    let record_bytes = |e: &MEntry| (RECORD_HEADER_BYTES + e.payload.len()) as u64;
+                    let mut bytes: u64 = m.entries.iter().map(record_bytes).sum();
+                    let mut to = m.first_index;
+                    for e in &m.entries {
+                        if to >= keep_from || bytes <= bytes_max {
+                            break;
+                        }
+                        bytes -= record_bytes(e);
+                        to += 1;
+                    }
+                    let policy = RetentionPolicy {
+                        bytes_max: Some(bytes_max),
+                        age_max_ms: None,
+                    };
+                    let got = log.apply_retention(p, policy, 0, keep_from).await.unwrap();
+                    assert_eq!(got, to, "step {step}: retention's new first index");
+                    if to > m.first_index {
+                        m.compact(to);
+                        pending.push(model.clone());
+                    }
                 }
                 Op::Hard { p } => {
                     let m = model.get_mut(&p).unwrap();
