@@ -45,6 +45,9 @@ const BLOCK_BYTES: u64 = 4096;
 const SCAN_CHUNK_BYTES: usize = 4 << 20;
 /// Segments are addressed with u32 positions.
 const SEGMENT_BYTES_LIMIT: u64 = u32::MAX as u64;
+/// Smallest staging buffer a sync round starts (capped by
+/// `write_buffer_bytes`).
+const STAGING_MIN_BYTES: usize = 64 << 10;
 const _: () = assert!(SCAN_CHUNK_BYTES as u64 % BLOCK_BYTES == 0);
 
 /// Shard log configuration. Every field has a default; see `configs/`.
@@ -273,6 +276,56 @@ impl Partition {
     }
 }
 
+/// A `reserve` call's place in the queue of calls that had to wait for
+/// staging-buffer space. A call takes space only beyond what the calls
+/// queued before it want, so space goes to waiters in arrival order.
+/// Without this, the writers that run first after a round (the round's own
+/// syncers, appending again at once) refill the buffer every round, and a
+/// writer that waited can lose every round until a roll reshuffles the
+/// order: seconds, with 8 writers of 1 MiB and a 2 or 4 MiB buffer.
+struct SpaceWaiter<'a> {
+    shared: &'a Shared,
+    len: usize,
+    ticket: Option<u64>,
+}
+
+impl SpaceWaiter<'_> {
+    /// Bytes this call must leave free for the calls queued before it.
+    fn set_aside(&self, inner: &Inner) -> usize {
+        match self.ticket {
+            Some(t) => inner.space_queue.range(..t).map(|(_, len)| len).sum(),
+            None => inner.space_queue.values().sum(),
+        }
+    }
+
+    fn enqueue(&mut self, inner: &mut Inner) {
+        if self.ticket.is_none() {
+            let t = inner.space_tickets;
+            inner.space_tickets += 1;
+            inner.space_queue.insert(t, self.len);
+            self.ticket = Some(t);
+        }
+    }
+
+    /// Leaves the queue (if in it) and wakes the calls waiting behind it.
+    fn leave(&mut self, inner: &mut Inner) {
+        if let Some(t) = self.ticket.take() {
+            inner.space_queue.remove(&t);
+            self.shared.changed.notify(usize::MAX);
+        }
+    }
+}
+
+impl Drop for SpaceWaiter<'_> {
+    /// A call that failed or was cancelled while queued leaves the queue.
+    fn drop(&mut self) {
+        if self.ticket.is_some() {
+            let shared = self.shared;
+            self.leave(&mut shared.inner.borrow_mut());
+        }
+    }
+}
+
 /// A segment file. Shard view.
 #[derive(Debug)]
 struct Segment {
@@ -322,6 +375,10 @@ struct Inner {
     written_end: u64,
     flushing: bool,
     rolling: bool,
+    /// `reserve` calls waiting for staging-buffer space: ticket → bytes
+    /// wanted (see `SpaceWaiter`).
+    space_queue: BTreeMap<u64, usize>,
+    space_tickets: u64,
     poisoned: Option<String>,
     stats: Stats,
 }
@@ -524,6 +581,8 @@ impl ShardLog {
             written_end: 0,
             flushing: false,
             rolling: false,
+            space_queue: BTreeMap::new(),
+            space_tickets: 0,
             poisoned: None,
             stats,
         };
@@ -905,6 +964,11 @@ impl ShardLog {
     /// the active segment, flushing or rolling as needed.
     async fn reserve(&self, len: usize) -> Result<()> {
         let mut rolled = false;
+        let mut waiter = SpaceWaiter {
+            shared: &self.shared,
+            len,
+            ticket: None,
+        };
         loop {
             enum Next {
                 Wait(event_listener::EventListener),
@@ -917,22 +981,38 @@ impl ShardLog {
                 if self.shared.closed.get() {
                     return Err(StorageError::InvalidArgument("the log is closed".into()));
                 }
+                // Room: what the buffer holds or may grow to.
+                let room = inner.staging.buf.len().max(inner.cfg.write_buffer_bytes);
+                let set_aside = waiter.set_aside(&inner);
                 if inner.rolling {
                     Next::Wait(self.shared.changed.listen())
                 } else if inner.staging.base + (inner.staging.fill + len) as u64
                     > inner.cfg.segment_bytes
                 {
                     Next::Roll
-                } else if inner.staging.fill + len <= inner.staging.buf.len() {
+                } else if inner.staging.fill + len + set_aside <= room {
+                    inner.grow_staging(len);
+                    waiter.leave(&mut inner);
                     return Ok(());
+                } else if inner.staging.fill + len <= room {
+                    // It fits, but in space set aside for calls queued
+                    // before it.
+                    waiter.enqueue(&mut inner);
+                    Next::Wait(self.shared.changed.listen())
                 } else if inner.flushing {
+                    waiter.enqueue(&mut inner);
                     Next::Wait(self.shared.changed.listen())
                 } else if inner.appended_lsn == inner.durable_lsn {
                     // The buffer holds only the tail block and the record is
                     // larger than the rest of it: grow once.
                     inner.grow_staging(len);
+                    waiter.leave(&mut inner);
                     return Ok(());
                 } else {
+                    // Queued while it flushes, too: the round frees space
+                    // for this call, not for the calls that append while it
+                    // runs.
+                    waiter.enqueue(&mut inner);
                     Next::Flush
                 }
             };
@@ -977,7 +1057,15 @@ impl ShardLog {
             let target = inner.appended_lsn;
             let seg = &inner.segments[&inner.active_seq];
             let (file, path) = (seg.file.clone(), seg.path.clone());
-            let capacity = inner.staging.buf.len();
+            // The next buffer gets room for twice this round's bytes, not
+            // always `write_buffer_bytes`; reserve() grows it up to that.
+            // A full-size (4 MiB) buffer per round costs an mmap, page
+            // faults and an munmap, tens of microseconds a round, which
+            // small rounds felt in their latency.
+            let capacity = align_up((2 * inner.staging.fill).clamp(
+                STAGING_MIN_BYTES.min(inner.cfg.write_buffer_bytes),
+                inner.cfg.write_buffer_bytes,
+            ) as u64) as usize;
             let fresh = file.alloc_dma_buffer(capacity);
             let mut taken = std::mem::replace(&mut inner.staging.buf, fresh);
             let base = inner.staging.base;
@@ -1534,7 +1622,10 @@ impl Inner {
         if need <= self.staging.buf.len() {
             return;
         }
-        let cap = align_up(need as u64) as usize;
+        // Doubling keeps the copies of a buffer grown record by record
+        // linear in its bytes.
+        let doubled = (2 * self.staging.buf.len()).min(self.cfg.write_buffer_bytes);
+        let cap = align_up(need.max(doubled) as u64) as usize;
         let file = self.segments[&self.active_seq].file.clone();
         let mut buf = file.alloc_dma_buffer(cap);
         let fill = self.staging.fill;
