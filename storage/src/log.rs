@@ -58,7 +58,9 @@ pub struct LogConfig {
     /// Size of a segment file; a record that would cross it rolls to a new
     /// segment. Default 256 MiB.
     pub segment_bytes: u64,
-    /// Size of the staging buffer a sync round writes at most. Default 4 MiB.
+    /// Size of the staging buffer a sync round writes at most. Larger rounds
+    /// mean fewer fdatasync calls per byte under load; the buffer only grows
+    /// to this size when rounds need it. Default 16 MiB.
     pub write_buffer_bytes: usize,
     /// Largest payload of one entry. Default 16 MiB.
     pub entry_bytes_max: usize,
@@ -76,7 +78,7 @@ impl LogConfig {
         LogConfig {
             dir: dir.into(),
             segment_bytes: 256 << 20,
-            write_buffer_bytes: 4 << 20,
+            write_buffer_bytes: 16 << 20,
             entry_bytes_max: 16 << 20,
             preallocate: true,
             gc_live_ratio_max: 0.5,
@@ -373,7 +375,13 @@ struct Inner {
     durable_lsn: u64,
     /// File position of the active segment up to which bytes are on disk.
     written_end: u64,
-    flushing: bool,
+    /// Bytes written to the active segment (not yet all durable).
+    written_lsn: u64,
+    /// A write stage is running (at most one at a time).
+    writing: bool,
+    /// An fdatasync stage is running (at most one at a time). It may run
+    /// while the next round's write does: rounds are pipelined.
+    syncing: bool,
     rolling: bool,
     /// `reserve` calls waiting for staging-buffer space: ticket → bytes
     /// wanted (see `SpaceWaiter`).
@@ -579,7 +587,9 @@ impl ShardLog {
             appended_lsn: 0,
             durable_lsn: 0,
             written_end: 0,
-            flushing: false,
+            written_lsn: 0,
+            writing: false,
+            syncing: false,
             rolling: false,
             space_queue: BTreeMap::new(),
             space_tickets: 0,
@@ -836,10 +846,20 @@ impl ShardLog {
 
     /// Makes everything appended before this call durable. Concurrent callers
     /// share rounds: one write and one fdatasync cover all of them.
+    ///
+    /// A round has two stages, a write and an fdatasync, and consecutive
+    /// rounds overlap: the next round's write runs while this round's
+    /// fdatasync does. An append is durable once an fdatasync that started
+    /// after its write completed has returned.
     pub async fn sync(&self) -> Result<()> {
         let target = self.shared.inner.borrow().appended_lsn;
         loop {
-            let listener = {
+            enum Next {
+                Wait(event_listener::EventListener),
+                Write,
+                Sync,
+            }
+            let next = {
                 let inner = self.shared.inner.borrow();
                 if let Some(why) = &inner.poisoned {
                     return Err(StorageError::Poisoned(why.clone()));
@@ -847,15 +867,22 @@ impl ShardLog {
                 if inner.durable_lsn >= target {
                     return Ok(());
                 }
-                if inner.flushing {
-                    Some(self.shared.changed.listen())
+                if inner.written_lsn >= target {
+                    if inner.syncing {
+                        Next::Wait(self.shared.changed.listen())
+                    } else {
+                        Next::Sync
+                    }
+                } else if inner.writing {
+                    Next::Wait(self.shared.changed.listen())
                 } else {
-                    None
+                    Next::Write
                 }
             };
-            match listener {
-                Some(l) => l.await,
-                None => self.flush_round().await?,
+            match next {
+                Next::Wait(l) => l.await,
+                Next::Write => self.write_stage().await?,
+                Next::Sync => self.sync_stage().await?,
             }
         }
     }
@@ -999,10 +1026,10 @@ impl ShardLog {
                     // before it.
                     waiter.enqueue(&mut inner);
                     Next::Wait(self.shared.changed.listen())
-                } else if inner.flushing {
+                } else if inner.writing {
                     waiter.enqueue(&mut inner);
                     Next::Wait(self.shared.changed.listen())
-                } else if inner.appended_lsn == inner.durable_lsn {
+                } else if inner.appended_lsn == inner.written_lsn {
                     // The buffer holds only the tail block and the record is
                     // larger than the rest of it: grow once.
                     inner.grow_staging(len);
@@ -1029,7 +1056,9 @@ impl ShardLog {
                     self.roll().await?;
                     rolled = true;
                 }
-                Next::Flush => self.flush_round().await?,
+                // Taking the buffer for a write is what frees its space; the
+                // fdatasync can come later.
+                Next::Flush => self.write_stage().await?,
             }
         }
     }
@@ -1038,22 +1067,19 @@ impl ShardLog {
     /// durable: what a crash can leave half-written. For crash tests only.
     #[doc(hidden)]
     pub async fn write_unsynced_for_crash_test(&self) -> Result<()> {
-        self.round(false).await
+        self.write_stage().await
     }
 
-    /// One group-commit round: write the staging buffer, fdatasync.
-    async fn flush_round(&self) -> Result<()> {
-        self.round(true).await
-    }
-
-    async fn round(&self, fsync: bool) -> Result<()> {
+    /// The write stage of a round: takes the staging buffer and writes it
+    /// at its aligned position with one O_DIRECT write.
+    async fn write_stage(&self) -> Result<()> {
         let (file, path, buf, pos, target, data_end) = {
             let mut inner = self.shared.inner.borrow_mut();
             inner.check_poisoned()?;
-            if inner.flushing || inner.appended_lsn == inner.durable_lsn {
+            if inner.writing || inner.appended_lsn == inner.written_lsn {
                 return Ok(());
             }
-            inner.flushing = true;
+            inner.writing = true;
             let target = inner.appended_lsn;
             let seg = &inner.segments[&inner.active_seq];
             let (file, path) = (seg.file.clone(), seg.path.clone());
@@ -1070,7 +1096,9 @@ impl ShardLog {
             let mut taken = std::mem::replace(&mut inner.staging.buf, fresh);
             let base = inner.staging.base;
             let fill = inner.staging.fill;
-            // The next buffer starts with the block that holds the current end.
+            // The next buffer starts with the block that holds the current
+            // end. Writing that block again while this round's fdatasync
+            // runs is safe: the part of it already written is the same.
             let end = base + fill as u64;
             let next_base = align_down(end);
             let tail = (end - next_base) as usize;
@@ -1084,41 +1112,60 @@ impl ShardLog {
             taken.trim_to_size(write_len);
             (file, path, taken, base, target, end)
         };
-        let started = Instant::now();
         let len = buf.len();
-        let result = async {
-            let n = file
-                .write_at(buf, pos)
-                .await
-                .map_err(|e| StorageError::glommio("write segment", &path, e))?;
-            if n != len {
-                return Err(StorageError::io(
-                    "write segment",
-                    &path,
-                    std::io::Error::new(
-                        std::io::ErrorKind::WriteZero,
-                        format!("short write: {n} of {len} bytes at {pos}"),
-                    ),
-                ));
-            }
-            if fsync {
-                file.fdatasync()
-                    .await
-                    .map_err(|e| StorageError::glommio("fdatasync segment", &path, e))?;
-            }
-            Ok(())
-        }
-        .await;
+        let result = match file.write_at(buf, pos).await {
+            Ok(n) if n == len => Ok(()),
+            Ok(n) => Err(StorageError::io(
+                "write segment",
+                &path,
+                std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    format!("short write: {n} of {len} bytes at {pos}"),
+                ),
+            )),
+            Err(e) => Err(StorageError::glommio("write segment", &path, e)),
+        };
         {
             let mut inner = self.shared.inner.borrow_mut();
-            inner.flushing = false;
+            inner.writing = false;
             inner.stats.write_calls += 1;
             match &result {
-                Ok(()) if !fsync => inner.written_end = inner.written_end.max(data_end),
                 Ok(()) => {
-                    inner.stats.fdatasync_calls += 1;
-                    inner.durable_lsn = target;
+                    inner.written_lsn = target;
                     inner.written_end = inner.written_end.max(data_end);
+                }
+                Err(e) => inner.poisoned = Some(e.to_string()),
+            }
+        }
+        self.shared.changed.notify(usize::MAX);
+        result
+    }
+
+    /// The fdatasync stage of a round: makes everything written so far
+    /// durable.
+    async fn sync_stage(&self) -> Result<()> {
+        let (file, path, target) = {
+            let mut inner = self.shared.inner.borrow_mut();
+            inner.check_poisoned()?;
+            if inner.syncing || inner.written_lsn == inner.durable_lsn {
+                return Ok(());
+            }
+            inner.syncing = true;
+            let seg = &inner.segments[&inner.active_seq];
+            (seg.file.clone(), seg.path.clone(), inner.written_lsn)
+        };
+        let started = Instant::now();
+        let result = file
+            .fdatasync()
+            .await
+            .map_err(|e| StorageError::glommio("fdatasync segment", &path, e));
+        {
+            let mut inner = self.shared.inner.borrow_mut();
+            inner.syncing = false;
+            inner.stats.fdatasync_calls += 1;
+            match &result {
+                Ok(()) => {
+                    inner.durable_lsn = inner.durable_lsn.max(target);
                     inner.stats.sync_rounds += 1;
                     let us = started.elapsed().as_micros() as u64;
                     inner.stats.sync_latency_us.saturating_record(us.max(1));

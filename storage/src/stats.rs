@@ -14,7 +14,7 @@ pub(crate) struct Stats {
     pub segments_deleted: u64,
     pub entries_rewritten: u64,
     pub corruptions: u64,
-    /// Write + fdatasync of one round, microseconds.
+    /// Latency of one fdatasync stage, microseconds.
     pub sync_latency_us: Histogram<u64>,
 }
 
@@ -55,7 +55,7 @@ pub struct StatsSnapshot {
     pub entries_rewritten: u64,
     /// Corrupt records found on read or on recovery.
     pub corruptions: u64,
-    /// Latency of one round (write + fdatasync), microseconds.
+    /// Latency of one fdatasync stage, microseconds.
     pub sync_latency_us: Histogram<u64>,
 }
 
