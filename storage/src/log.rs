@@ -70,6 +70,14 @@ pub struct LogConfig {
     /// live bytes are at most this fraction of it, then deletes it.
     /// Default 0.5.
     pub gc_live_ratio_max: f64,
+    /// Write zeros through every segment before it takes records, at most
+    /// this many bytes per second (0: never). An fdatasync after a write
+    /// into blocks written once before has no extent conversion to journal;
+    /// on the reference disk it made 4 KiB synced appends several times
+    /// faster. The segment opened by `open` is zeroed at once; each next
+    /// one is prepared in the background while the current one fills, and
+    /// a roll that comes first takes it as far as it got. Default 64 MiB/s.
+    pub prezero_bytes_per_sec: u64,
 }
 
 impl LogConfig {
@@ -82,6 +90,7 @@ impl LogConfig {
             entry_bytes_max: 16 << 20,
             preallocate: true,
             gc_live_ratio_max: 0.5,
+            prezero_bytes_per_sec: 64 << 20,
         }
     }
 
@@ -383,6 +392,8 @@ struct Inner {
     /// while the next round's write does: rounds are pipelined.
     syncing: bool,
     rolling: bool,
+    /// The next segment, being zeroed in the background.
+    prepared: Option<Prepared>,
     /// `reserve` calls waiting for staging-buffer space: ticket → bytes
     /// wanted (see `SpaceWaiter`).
     space_queue: BTreeMap<u64, usize>,
@@ -448,6 +459,12 @@ impl ShardLog {
                 if let Ok(seq) = stem.parse::<u32>() {
                     seqs.push(seq);
                 }
+            } else if name.ends_with(PREPARE_SUFFIX) {
+                // A segment that was being prepared when the process
+                // stopped: it never held records.
+                let path = item.path();
+                std::fs::remove_file(&path)
+                    .map_err(|e| StorageError::io("remove prepared segment", &path, e))?;
             }
         }
         seqs.sort_unstable();
@@ -561,6 +578,11 @@ impl ShardLog {
         // checkpoint, as every segment does.
         let next_seq = last_seq.map_or(1, |s| s + 1);
         let (file, path) = create_segment(&cfg, next_seq).await?;
+        if cfg.prezero_bytes_per_sec > 0 {
+            // The first segment is zeroed now, unthrottled; later ones are
+            // prepared while the one before fills.
+            zero_fill(&file, &path, cfg.segment_bytes, None, &Cell::new(false)).await?;
+        }
         let staging_buf = file.alloc_dma_buffer(cfg.write_buffer_bytes);
         segments.insert(
             next_seq,
@@ -591,6 +613,7 @@ impl ShardLog {
             writing: false,
             syncing: false,
             rolling: false,
+            prepared: None,
             space_queue: BTreeMap::new(),
             space_tickets: 0,
             poisoned: None,
@@ -605,6 +628,7 @@ impl ShardLog {
         };
         log.write_checkpoint()?;
         log.sync().await?;
+        log.prepare_next();
         report.elapsed_ms = started.elapsed().as_millis() as u64;
         Ok((log, report))
     }
@@ -918,7 +942,25 @@ impl ShardLog {
         let rows = std::mem::take(&mut self.shared.inner.borrow_mut().active_rows);
         write_sidecar(&sidecar_path(&cfg.dir, old_seq), old_seq, &rows)?;
         let new_seq = old_seq + 1;
-        let (file, path) = create_segment(&cfg, new_seq).await?;
+        let prepared = self.shared.inner.borrow_mut().prepared.take();
+        let (file, path) = match prepared {
+            Some(p) if p.seq == new_seq => {
+                // Take it as far as it got: stop the zeroing and wait for
+                // its last write, so no zeros land after our records.
+                p.stop.set(true);
+                match p.task.await {
+                    Ok(file) => {
+                        let path = segment_path(&cfg.dir, new_seq);
+                        std::fs::rename(&p.path, &path)
+                            .map_err(|e| StorageError::io("rename prepared segment", &path, e))?;
+                        sync_dir(&cfg.dir)?;
+                        (file, path)
+                    }
+                    Err(_) => create_segment(&cfg, new_seq).await?,
+                }
+            }
+            _ => create_segment(&cfg, new_seq).await?,
+        };
         {
             let mut inner = self.shared.inner.borrow_mut();
             let buf = file.alloc_dma_buffer(inner.cfg.write_buffer_bytes);
@@ -949,7 +991,35 @@ impl ShardLog {
         self.write_checkpoint()?;
         // The collector may delete every older segment once this one exists,
         // so its checkpoint must be durable first.
-        self.sync().await
+        self.sync().await?;
+        self.prepare_next();
+        Ok(())
+    }
+
+    /// Starts zeroing the segment after the active one in the background.
+    fn prepare_next(&self) {
+        let mut inner = self.shared.inner.borrow_mut();
+        let rate = inner.cfg.prezero_bytes_per_sec;
+        if rate == 0 || inner.prepared.is_some() {
+            return;
+        }
+        let seq = inner.active_seq + 1;
+        let path = inner.cfg.dir.join(format!("{seq:010}{PREPARE_SUFFIX}"));
+        let stop = Rc::new(Cell::new(false));
+        let cfg = inner.cfg.clone();
+        let task_stop = stop.clone();
+        let task_path = path.clone();
+        let task = glommio::spawn_local(async move {
+            let (file, _) = create_file(&cfg, &task_path).await?;
+            zero_fill(&file, &task_path, cfg.segment_bytes, Some(rate), &task_stop).await?;
+            Ok(file)
+        });
+        inner.prepared = Some(Prepared {
+            seq,
+            path,
+            stop,
+            task,
+        });
     }
 
     /// Writes the checkpoint that opens the active segment. The caller holds
@@ -1633,6 +1703,15 @@ impl ShardLog {
     }
 }
 
+impl Drop for Inner {
+    /// A dropped log stops preparing its next segment.
+    fn drop(&mut self) {
+        if let Some(p) = &self.prepared {
+            p.stop.set(true);
+        }
+    }
+}
+
 impl Inner {
     fn check_poisoned(&self) -> Result<()> {
         match &self.poisoned {
@@ -1915,8 +1994,73 @@ fn check_record(
     Ok(payload)
 }
 
+/// Suffix of a segment file being prepared (zeroed) before it is needed.
+const PREPARE_SUFFIX: &str = ".log.prepare";
+/// Bytes of zeros written per call while preparing a segment.
+const PREZERO_CHUNK_BYTES: usize = 128 << 10;
+
+/// A segment being prepared in the background. Shard view.
+struct Prepared {
+    seq: u32,
+    path: PathBuf,
+    /// Set to stop the zeroing where it is.
+    stop: Rc<Cell<bool>>,
+    task: glommio::Task<Result<Rc<DmaFile>>>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("seq", &self.seq)
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// Writes zeros from the start of `file` up to `len` bytes, at most `rate`
+/// bytes per second when given, stopping early when `stop` is set, then
+/// fdatasyncs, so the blocks are allocated and their extents converted
+/// before records land in them.
+async fn zero_fill(
+    file: &DmaFile,
+    path: &Path,
+    len: u64,
+    rate: Option<u64>,
+    stop: &Cell<bool>,
+) -> Result<()> {
+    let mut pos = 0u64;
+    while pos < len && !stop.get() {
+        let n = PREZERO_CHUNK_BYTES.min((len - pos) as usize);
+        let mut buf = file.alloc_dma_buffer(n);
+        buf.as_bytes_mut().fill(0);
+        file.write_at(buf, pos)
+            .await
+            .map_err(|e| StorageError::glommio("zero segment", path, e))?;
+        pos += n as u64;
+        if let Some(rate) = rate {
+            let pause = std::time::Duration::from_micros(n as u64 * 1_000_000 / rate.max(1));
+            glommio::timer::sleep(pause).await;
+        }
+    }
+    if stop.get() {
+        // Taken early by a roll: the next fdatasync of records commits the
+        // allocations too.
+        return Ok(());
+    }
+    file.fdatasync()
+        .await
+        .map_err(|e| StorageError::glommio("fdatasync zeroed segment", path, e))
+}
+
 async fn create_segment(cfg: &LogConfig, seq: u32) -> Result<(Rc<DmaFile>, PathBuf)> {
     let path = segment_path(&cfg.dir, seq);
+    create_file(cfg, &path).await
+}
+
+/// Creates and preallocates a segment-sized file and makes its existence
+/// durable.
+async fn create_file(cfg: &LogConfig, path: &Path) -> Result<(Rc<DmaFile>, PathBuf)> {
+    let path = path.to_path_buf();
     let file = OpenOptions::new()
         .read(true)
         .write(true)

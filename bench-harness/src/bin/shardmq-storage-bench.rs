@@ -79,6 +79,11 @@ struct Args {
     #[arg(long, default_value = "16M", value_parser = parse_size)]
     write_buffer_bytes: u64,
 
+    /// Rate at which segments are zeroed before they take records (0: not
+    /// at all), see the storage configuration (K/M/G suffixes accepted).
+    #[arg(long, default_value = "64M", value_parser = parse_size)]
+    prezero_bytes_per_sec: u64,
+
     /// Seconds at the start whose operations and counters are excluded.
     #[arg(long, default_value_t = 1.0)]
     warmup_secs: f64,
@@ -262,6 +267,7 @@ async fn bench(args: &Args, dir: PathBuf, payload: Vec<u8>) -> Result<Results, B
     let mut cfg = LogConfig::new(dir);
     cfg.segment_bytes = args.segment_bytes;
     cfg.write_buffer_bytes = usize::try_from(args.write_buffer_bytes)?;
+    cfg.prezero_bytes_per_sec = args.prezero_bytes_per_sec;
     cfg.entry_bytes_max = cfg
         .entry_bytes_max
         .max(payload.len())
@@ -465,6 +471,7 @@ fn report(args: &Args, r: &Results) -> Result<(), BoxError> {
             "concurrency": args.concurrency,
             "segment_bytes": args.segment_bytes,
             "write_buffer_bytes": args.write_buffer_bytes,
+            "prezero_bytes_per_sec": args.prezero_bytes_per_sec,
             "warmup_secs": args.warmup_secs,
             "elapsed_secs": r.elapsed_s,
             "ops": r.ops,
