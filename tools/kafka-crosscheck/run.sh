@@ -21,8 +21,16 @@ repo="$(cd "$here/../.." && pwd)"
 python="${PYTHON:-python3}"
 
 if ! "$python" -c 'import kafka' 2>/dev/null; then
-    echo "kafka-python not found; installing it with pip"
-    "$python" -m pip install --quiet kafka-python
+    # A virtualenv of our own: system Pythons (Debian's among them) refuse
+    # pip installs into themselves.
+    venv="${XDG_CACHE_HOME:-$HOME/.cache}/shardmq/kafka-python"
+    if ! "$venv/bin/python" -c 'import kafka' 2>/dev/null; then
+        echo "kafka-python not found; installing it into $venv"
+        rm -rf "$venv"
+        "$python" -m venv "$venv"
+        "$venv/bin/pip" install --quiet --disable-pip-version-check kafka-python
+    fi
+    python="$venv/bin/python"
 fi
 
 out="$(mktemp -d)"

@@ -1,0 +1,384 @@
+//! [`Consumer`]: reads assigned partitions from their leaders' owning
+//! shards, from positions the caller sets.
+//!
+//! The consumer keeps one position per assigned partition: the offset of
+//! the next record to return. [`Consumer::poll`] sends one Fetch request
+//! per owning shard (concurrently, each a long poll of at most `max_wait`),
+//! decodes the returned batches with [`RecordBatchView`], skips records
+//! below the position (a fetch starts with the whole batch holding the
+//! position) and control batches, and moves each position past what it
+//! returns. Records of a partition come back in offset order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use bytes::Bytes;
+use shardmq_schema::batch::{RecordBatchView, LENGTH_PREFIX_BYTES};
+use shardmq_schema::protocol::{ErrorCode, OffsetSpec};
+use tokio::task::JoinSet;
+
+use crate::client::Client;
+use crate::codec::{self, FetchItem, FetchResult, ListOffsetsItem};
+pub use crate::config::SeekTo;
+use crate::config::{ClientConfig, ConsumerConfig};
+use crate::error::{ClientError, Result};
+
+/// One record read from a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumedRecord {
+    /// Topic name.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Create time, or append time in a log-append-time topic; ms.
+    pub timestamp: i64,
+    /// Key; `None` when null.
+    pub key: Option<Bytes>,
+    /// Value; `None` when null.
+    pub value: Option<Bytes>,
+    /// Headers: key, nullable value.
+    pub headers: Vec<(Bytes, Option<Bytes>)>,
+}
+
+/// Reads records of assigned partitions of one topic.
+#[derive(Debug)]
+pub struct Consumer {
+    client: Client,
+    config: ConsumerConfig,
+    topic: Option<String>,
+    /// Next offset to return per assigned partition; `None` until resolved
+    /// from `config.start`.
+    positions: BTreeMap<i32, Option<i64>>,
+}
+
+impl Consumer {
+    /// Connects a new [`Client`] and makes a consumer over it.
+    pub async fn connect(client: ClientConfig, config: ConsumerConfig) -> Result<Self> {
+        Ok(Self::new(Client::connect(client).await?, config))
+    }
+
+    /// A consumer over an existing client, with nothing assigned.
+    pub fn new(client: Client, config: ConsumerConfig) -> Self {
+        Self {
+            client,
+            config,
+            topic: None,
+            positions: BTreeMap::new(),
+        }
+    }
+
+    /// The underlying client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Reads these partitions of `topic` from now on, replacing any earlier
+    /// assignment. Each starts at `config.start` unless sought.
+    pub async fn assign(&mut self, topic: &str, partitions: &[i32]) -> Result<()> {
+        let info = self.client.topic(topic).await?;
+        for &partition in partitions {
+            if !info.partitions.iter().any(|p| p.partition == partition) {
+                return Err(ClientError::broker(
+                    ErrorCode::UnknownPartition,
+                    Some(&format!("{topic}/{partition}")),
+                ));
+            }
+        }
+        self.topic = Some(topic.to_owned());
+        self.positions = partitions.iter().map(|&p| (p, None)).collect();
+        Ok(())
+    }
+
+    /// Assigns every partition of `topic`.
+    pub async fn assign_all(&mut self, topic: &str) -> Result<()> {
+        let info = self.client.topic(topic).await?;
+        let partitions: Vec<i32> = info.partitions.iter().map(|p| p.partition).collect();
+        self.assign(topic, &partitions).await
+    }
+
+    /// The assigned topic.
+    pub fn topic(&self) -> Option<&str> {
+        self.topic.as_deref()
+    }
+
+    /// The offset of the next record [`poll`](Self::poll) returns from the
+    /// partition, once known.
+    pub fn position(&self, partition: i32) -> Option<i64> {
+        self.positions.get(&partition).copied().flatten()
+    }
+
+    fn assigned_topic(&self) -> Result<String> {
+        self.topic
+            .clone()
+            .ok_or_else(|| ClientError::InvalidArgument("no partition assigned".to_owned()))
+    }
+
+    /// Moves the position of an assigned partition (ListOffsets for
+    /// Earliest, Latest and Timestamp). A timestamp after every record
+    /// seeks to the end.
+    pub async fn seek(&mut self, partition: i32, to: SeekTo) -> Result<()> {
+        if !self.positions.contains_key(&partition) {
+            return Err(ClientError::InvalidArgument(format!(
+                "partition {partition} is not assigned"
+            )));
+        }
+        let offset = self.resolve(partition, to).await?;
+        self.positions.insert(partition, Some(offset));
+        Ok(())
+    }
+
+    /// [`seek`](Self::seek) on every assigned partition.
+    pub async fn seek_all(&mut self, to: SeekTo) -> Result<()> {
+        let partitions: Vec<i32> = self.positions.keys().copied().collect();
+        for partition in partitions {
+            self.seek(partition, to).await?;
+        }
+        Ok(())
+    }
+
+    /// The offset `to` names in the partition.
+    async fn resolve(&self, partition: i32, to: SeekTo) -> Result<i64> {
+        let (spec, timestamp_ms) = match to {
+            SeekTo::Offset(offset) => return Ok(offset),
+            SeekTo::Earliest => (OffsetSpec::Earliest, 0),
+            SeekTo::Latest => (OffsetSpec::Latest, 0),
+            SeekTo::Timestamp(ts) => (OffsetSpec::Timestamp, ts),
+        };
+        let topic = self.assigned_topic()?;
+        let item = [ListOffsetsItem {
+            topic: &topic,
+            partition,
+            spec,
+            timestamp_ms,
+        }];
+        let mut attempt = 0;
+        loop {
+            let result = async {
+                let conn = self.client.leader_connection(&topic, partition).await?;
+                let response = conn
+                    .request(|id, client_id| codec::encode_list_offsets(id, client_id, &item))
+                    .await?;
+                let answer = codec::decode_list_offsets(&response)?
+                    .into_iter()
+                    .find(|a| a.topic == topic && a.partition == partition)
+                    .ok_or_else(|| ClientError::protocol("list offsets without the partition"))?;
+                if answer.error != ErrorCode::None {
+                    return Err(ClientError::Broker {
+                        code: answer.error,
+                        message: answer.message,
+                    });
+                }
+                Ok(answer.offset)
+            }
+            .await;
+            match result {
+                Ok(-1) if spec == OffsetSpec::Timestamp => {
+                    // No record at or after the timestamp: the end.
+                    return Box::pin(self.resolve(partition, SeekTo::Latest)).await;
+                }
+                Ok(offset) => return Ok(offset),
+                Err(error) if error.is_retriable() && attempt < 3 => {
+                    attempt += 1;
+                    if error.needs_metadata_refresh() {
+                        let _ = self.client.refresh_topic(&topic).await;
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Fetches what is available at the positions, waiting up to
+    /// `max_wait` on the broker for something to arrive (a long poll), and
+    /// returns it in offset order per partition; empty if nothing came.
+    ///
+    /// A partition whose leader moved is skipped this time (the metadata
+    /// is refreshed for the next poll). A position outside the log fails
+    /// with [`ClientError::OffsetOutOfRange`]; seek to go on.
+    pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ConsumedRecord>> {
+        let topic = self.assigned_topic()?;
+        // Resolve positions not yet known.
+        let unknown: Vec<i32> = self
+            .positions
+            .iter()
+            .filter(|(_, pos)| pos.is_none())
+            .map(|(&p, _)| p)
+            .collect();
+        for partition in unknown {
+            self.seek(partition, self.config.start).await?;
+        }
+        // One fetch per owning shard.
+        let mut by_addr: HashMap<String, Vec<(i32, i64)>> = HashMap::new();
+        for (&partition, &position) in &self.positions {
+            let Some(offset) = position else { continue };
+            match self.client.leader_addr(&topic, partition).await {
+                Ok(addr) => by_addr.entry(addr).or_default().push((partition, offset)),
+                // No leader now: skip the partition this time.
+                Err(error) if error.is_retriable() => {
+                    let _ = self.client.refresh_topic(&topic).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let max_wait_ms = u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX);
+        let timeout = self.client.config().request_timeout + max_wait;
+        let mut fetches = JoinSet::new();
+        for (addr, parts) in by_addr {
+            let client = self.client.clone();
+            let topic = topic.clone();
+            let (min_bytes, partition_max, fetch_max) = (
+                self.config.fetch_min_bytes,
+                self.config.partition_bytes_max,
+                self.config.fetch_bytes_max,
+            );
+            fetches.spawn(async move {
+                let conn = client.connection(&addr).await?;
+                let items: Vec<FetchItem<'_>> = parts
+                    .iter()
+                    .map(|&(partition, offset)| FetchItem {
+                        topic: &topic,
+                        partition,
+                        offset,
+                        max_bytes: partition_max,
+                    })
+                    .collect();
+                let response = conn
+                    .request_with_timeout(
+                        |id, client_id| {
+                            codec::encode_fetch(
+                                id,
+                                client_id,
+                                max_wait_ms,
+                                min_bytes,
+                                fetch_max,
+                                &items,
+                            )
+                        },
+                        timeout,
+                    )
+                    .await?;
+                codec::decode_fetch(&response)
+            });
+        }
+        let mut answers: Vec<FetchResult> = Vec::new();
+        let mut first_error = None;
+        while let Some(joined) = fetches.join_next().await {
+            match joined {
+                Ok(Ok(results)) => answers.extend(results),
+                Ok(Err(error)) if error.is_retriable() => {
+                    if error.needs_metadata_refresh() {
+                        let _ = self.client.refresh_topic(&topic).await;
+                    }
+                }
+                Ok(Err(error)) => {
+                    first_error.get_or_insert(error);
+                }
+                Err(join) => {
+                    first_error
+                        .get_or_insert(ClientError::protocol(format!("fetch task failed: {join}")));
+                }
+            }
+        }
+        if let Some(error) = first_error {
+            return Err(error);
+        }
+        answers.sort_by_key(|a| a.partition);
+        let mut out = Vec::new();
+        let mut refresh = false;
+        for answer in answers {
+            let Some(Some(position)) = self.positions.get(&answer.partition).copied() else {
+                continue;
+            };
+            match answer.error {
+                ErrorCode::None => {}
+                ErrorCode::OffsetOutOfRange => {
+                    return Err(ClientError::OffsetOutOfRange {
+                        topic,
+                        partition: answer.partition,
+                        offset: position,
+                    })
+                }
+                code if code.is_retriable() => {
+                    refresh = true;
+                    continue;
+                }
+                code => {
+                    return Err(ClientError::Broker {
+                        code,
+                        message: answer.message,
+                    })
+                }
+            }
+            let next = decode_records(&topic, &answer, position, &mut out)?;
+            self.positions.insert(answer.partition, Some(next));
+        }
+        if refresh {
+            let _ = self.client.refresh_topic(&topic).await;
+        }
+        Ok(out)
+    }
+}
+
+/// Appends the records of `answer` at or after `position` to `out`;
+/// returns the new position. A batch cut short at the end of the records
+/// (a broker that trims to `max_bytes`) ends the decoding.
+fn decode_records(
+    topic: &str,
+    answer: &FetchResult,
+    position: i64,
+    out: &mut Vec<ConsumedRecord>,
+) -> Result<i64> {
+    let records = &answer.records;
+    let mut next = position;
+    let mut at = 0;
+    while records.len() - at >= LENGTH_PREFIX_BYTES {
+        let length_bytes: [u8; 4] = records[at + 8..at + 12]
+            .try_into()
+            .map_err(|_| ClientError::protocol("batch length"))?;
+        let batch_length = i32::from_be_bytes(length_bytes);
+        let Ok(batch_length) = usize::try_from(batch_length) else {
+            return Err(ClientError::protocol("negative batch length"));
+        };
+        let end = at + LENGTH_PREFIX_BYTES + batch_length;
+        if end > records.len() {
+            break; // a partial batch at the end
+        }
+        let bytes = &records[at..end];
+        at = end;
+        let batch = RecordBatchView::parse(bytes)
+            .map_err(|e| ClientError::protocol(format!("fetched batch: {e}")))?;
+        if batch.next_offset() <= next {
+            continue;
+        }
+        if batch.is_control() {
+            next = batch.next_offset();
+            continue;
+        }
+        for record in batch.records() {
+            let record =
+                record.map_err(|e| ClientError::protocol(format!("fetched record: {e}")))?;
+            let offset = batch.record_offset(&record);
+            if offset < next {
+                continue;
+            }
+            let share = |part: Option<&[u8]>| part.map(|p| answer.records.slice_ref(p));
+            out.push(ConsumedRecord {
+                topic: topic.to_owned(),
+                partition: answer.partition,
+                offset,
+                timestamp: batch.record_timestamp(&record),
+                key: share(record.key()),
+                value: share(record.value()),
+                headers: record
+                    .headers()
+                    .filter_map(|h| h.ok())
+                    .map(|(k, v)| (answer.records.slice_ref(k), share(v)))
+                    .collect(),
+            });
+        }
+        next = next.max(batch.next_offset());
+    }
+    Ok(next)
+}
