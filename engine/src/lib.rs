@@ -6,3 +6,7 @@
 //! writes every group's Ready through the shard's `shardmq-storage` log and
 //! issues one sync round per iteration. Shards share nothing mutable and talk
 //! only by message passing.
+pub mod broker;
+pub mod config;
+pub mod metrics;
+pub mod raft;

@@ -1,0 +1,809 @@
+//! The broker's request handler: reads a verified request, runs it (here,
+//! on the owning shard through the [`ShardRouter`](super::router::ShardRouter),
+//! or on shard 0 for metadata changes) and builds the response.
+//!
+//! Hot path (Produce, Fetch): a produced batch goes to the service as a
+//! slice of the request frame; fetched batches are copied once, into the
+//! response frame.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
+use shardmq_net::{error_response, Frame, Handler, RequestFrame, RequestKey, Shutdown};
+use shardmq_schema::protocol::{self as p, Acks, Api, ErrorCode, OffsetSpec};
+
+use super::router::{AdminOp, OpReply, PartitionOp};
+use super::service::{FetchArgs, FetchResult, PartitionService, ServiceError};
+use super::shard::ShardCtx;
+use super::topics::{NewTopicSpec, TopicsSnapshot};
+use crate::metrics::APIS;
+
+/// The version of every api this broker speaks.
+pub const API_VERSION: u16 = 0;
+
+/// Answers client requests on one shard. Shard view: `!Send`.
+pub struct BrokerHandler<S> {
+    ctx: Rc<ShardCtx<S>>,
+}
+
+impl<S> Clone for BrokerHandler<S> {
+    fn clone(&self) -> Self {
+        Self {
+            ctx: self.ctx.clone(),
+        }
+    }
+}
+
+impl<S> std::fmt::Debug for BrokerHandler<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerHandler")
+            .field("shard", &self.ctx.shard)
+            .finish()
+    }
+}
+
+impl<S: PartitionService> Handler for BrokerHandler<S> {
+    async fn handle(&self, request: RequestFrame) -> Option<Frame> {
+        let key = request.key();
+        let request_bytes = request.frame().len();
+        let response = match self.dispatch(&request).await {
+            Ok(response) => response,
+            Err(error) => error_response(key, error.code, &error.message).ok(),
+        };
+        self.ctx.metrics.request(
+            key.api,
+            request_bytes,
+            response.as_ref().map_or(0, Frame::len),
+        );
+        response
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ServiceError {
+    ServiceError::new(ErrorCode::InvalidRequest, message)
+}
+
+/// Finishes a response frame with `body`.
+fn finish(
+    mut b: FlatBufferBuilder<'static>,
+    key: RequestKey,
+    body_type: p::ResponseBody,
+    body: WIPOffset<UnionWIPOffset>,
+) -> Result<Option<Frame>, ServiceError> {
+    let header = p::ResponseHeader::create(
+        &mut b,
+        &p::ResponseHeaderArgs {
+            correlation_id: key.correlation_id,
+            api: key.api,
+            version: key.version,
+            throttle_time_ms: 0,
+        },
+    );
+    let root = p::Response::create(
+        &mut b,
+        &p::ResponseArgs {
+            header: Some(header),
+            body_type,
+            body: Some(body),
+            error_code: ErrorCode::None,
+            error_message: None,
+        },
+    );
+    p::finish_response_frame(&mut b, root);
+    Frame::from_builder(b).map(Some).map_err(|error| {
+        ServiceError::new(ErrorCode::Unknown, format!("response too large: {error}"))
+    })
+}
+
+/// An item's error code and message for a response.
+fn outcome<T>(
+    b: &mut FlatBufferBuilder<'static>,
+    result: &Result<T, ServiceError>,
+) -> (ErrorCode, Option<WIPOffset<&'static str>>) {
+    match result {
+        Ok(_) => (ErrorCode::None, None),
+        Err(error) => (error.code, Some(b.create_string(&error.message))),
+    }
+}
+
+struct FetchItem {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    max_bytes: u32,
+}
+
+impl<S: PartitionService> BrokerHandler<S> {
+    /// The handler of the shard `ctx`.
+    pub fn new(ctx: Rc<ShardCtx<S>>) -> Self {
+        Self { ctx }
+    }
+
+    fn topics(&self) -> Arc<TopicsSnapshot> {
+        self.ctx.topics.borrow().clone()
+    }
+
+    async fn dispatch(&self, request: &RequestFrame) -> Result<Option<Frame>, ServiceError> {
+        let key = request.key();
+        let Some(expected) = key.api.request_body_type() else {
+            return Err(ServiceError::new(
+                ErrorCode::UnknownApi,
+                format!("unknown api {}", key.api.0),
+            ));
+        };
+        if request.request().body_type() != expected {
+            return Err(invalid(format!(
+                "the body does not match api {:?}",
+                key.api
+            )));
+        }
+        if key.version != API_VERSION && key.api != Api::ApiVersions {
+            return Err(ServiceError::new(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "{:?} version {} is not supported (only {API_VERSION})",
+                    key.api, key.version
+                ),
+            ));
+        }
+        match key.api {
+            Api::ApiVersions => self.api_versions(key),
+            Api::Metadata => self.metadata(request),
+            Api::CreateTopics => self.create_topics(request).await,
+            Api::DeleteTopics => self.delete_topics(request).await,
+            Api::ListTopics => self.list_topics(key),
+            Api::Produce => self.produce(request).await,
+            Api::Fetch => self.fetch(request).await,
+            Api::ListOffsets => self.list_offsets(request).await,
+            _ => Err(ServiceError::new(ErrorCode::UnknownApi, "unknown api")),
+        }
+    }
+
+    fn api_versions(&self, key: RequestKey) -> Result<Option<Frame>, ServiceError> {
+        let mut b = FlatBufferBuilder::new();
+        let ranges: Vec<p::ApiVersionRange> = APIS
+            .iter()
+            .map(|api| p::ApiVersionRange::new(*api, API_VERSION, API_VERSION))
+            .collect();
+        let apis = b.create_vector(&ranges);
+        let body = p::ApiVersionsResponse::create(
+            &mut b,
+            &p::ApiVersionsResponseArgs {
+                apis: Some(apis),
+                ..Default::default()
+            },
+        );
+        finish(
+            b,
+            key,
+            p::ResponseBody::ApiVersionsResponse,
+            body.as_union_value(),
+        )
+    }
+
+    fn metadata(&self, request: &RequestFrame) -> Result<Option<Frame>, ServiceError> {
+        let key = request.key();
+        let req = request
+            .request()
+            .body_as_metadata_request()
+            .ok_or_else(|| invalid("no body"))?;
+        let topics = self.topics();
+        let names: Vec<String> = match req.topics() {
+            None => topics.topics.keys().cloned().collect(),
+            Some(asked) => asked.iter().map(str::to_owned).collect(),
+        };
+        let ctx = &self.ctx;
+        let node_id = ctx.config.broker.node_id;
+        let shard_ports = ctx.shard_ports.borrow().clone();
+        let mut b = FlatBufferBuilder::new();
+        let host = b.create_string(&ctx.advertised_host);
+        let broker = p::BrokerMetadata::create(
+            &mut b,
+            &p::BrokerMetadataArgs {
+                node_id,
+                host: Some(host),
+                port: ctx.client_port.get(),
+            },
+        );
+        let brokers = b.create_vector(&[broker]);
+        let mut out = Vec::with_capacity(names.len());
+        for name in &names {
+            let name_offset = b.create_string(name);
+            let Some(topic) = topics.topics.get(name) else {
+                let message = b.create_string(&format!("no topic named {name:?}"));
+                out.push(p::TopicMetadata::create(
+                    &mut b,
+                    &p::TopicMetadataArgs {
+                        error_code: ErrorCode::UnknownTopic,
+                        error_message: Some(message),
+                        name: Some(name_offset),
+                        partitions: None,
+                    },
+                ));
+                continue;
+            };
+            let mut partitions = Vec::with_capacity(topic.shards.len());
+            for (index, shard) in topic.shards.iter().enumerate() {
+                let replicas = b.create_vector(&[node_id]);
+                partitions.push(p::PartitionMetadata::create(
+                    &mut b,
+                    &p::PartitionMetadataArgs {
+                        partition: index as i32,
+                        leader_node_id: node_id,
+                        leader_shard: *shard,
+                        shard_port: shard_ports.get(usize::from(*shard)).copied().unwrap_or(0),
+                        replica_node_ids: Some(replicas),
+                        leader_epoch: 1,
+                        ..Default::default()
+                    },
+                ));
+            }
+            let partitions = b.create_vector(&partitions);
+            out.push(p::TopicMetadata::create(
+                &mut b,
+                &p::TopicMetadataArgs {
+                    name: Some(name_offset),
+                    partitions: Some(partitions),
+                    ..Default::default()
+                },
+            ));
+        }
+        let topics = b.create_vector(&out);
+        let body = p::MetadataResponse::create(
+            &mut b,
+            &p::MetadataResponseArgs {
+                brokers: Some(brokers),
+                topics: Some(topics),
+                ..Default::default()
+            },
+        );
+        finish(
+            b,
+            key,
+            p::ResponseBody::MetadataResponse,
+            body.as_union_value(),
+        )
+    }
+
+    fn list_topics(&self, key: RequestKey) -> Result<Option<Frame>, ServiceError> {
+        let topics = self.topics();
+        let mut b = FlatBufferBuilder::new();
+        let mut out = Vec::with_capacity(topics.topics.len());
+        for topic in topics.topics.values() {
+            let name = b.create_string(&topic.name);
+            out.push(p::TopicListing::create(
+                &mut b,
+                &p::TopicListingArgs {
+                    name: Some(name),
+                    partitions: topic.partition_count() as i32,
+                    replication_factor: topic.replication_factor,
+                },
+            ));
+        }
+        let topics = b.create_vector(&out);
+        let body = p::ListTopicsResponse::create(
+            &mut b,
+            &p::ListTopicsResponseArgs {
+                topics: Some(topics),
+                ..Default::default()
+            },
+        );
+        finish(
+            b,
+            key,
+            p::ResponseBody::ListTopicsResponse,
+            body.as_union_value(),
+        )
+    }
+
+    async fn create_topics(&self, request: &RequestFrame) -> Result<Option<Frame>, ServiceError> {
+        let key = request.key();
+        let (specs, validate_only) = {
+            let req = request
+                .request()
+                .body_as_create_topics_request()
+                .ok_or_else(|| invalid("no body"))?;
+            let specs: Vec<NewTopicSpec> = req
+                .topics()
+                .map(|topics| {
+                    topics
+                        .iter()
+                        .map(|t| NewTopicSpec {
+                            name: t.name().to_owned(),
+                            partitions: t.partitions(),
+                            replication_factor: t.replication_factor(),
+                            configs: t
+                                .configs()
+                                .map(|configs| {
+                                    configs
+                                        .iter()
+                                        .map(|c| {
+                                            (c.key().to_owned(), c.value().unwrap_or("").to_owned())
+                                        })
+                                        .collect::<BTreeMap<_, _>>()
+                                })
+                                .unwrap_or_default(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (specs, req.validate_only())
+        };
+        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+        let results = self
+            .ctx
+            .run_admin(AdminOp::Create {
+                topics: specs,
+                validate_only,
+            })
+            .await;
+        let mut b = FlatBufferBuilder::new();
+        let mut out = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            let result = results.get(i).cloned().unwrap_or_else(|| {
+                Err(ServiceError::new(ErrorCode::BrokerShuttingDown, "not done"))
+            });
+            let (error_code, error_message) = outcome(&mut b, &result);
+            let name = b.create_string(name);
+            out.push(p::CreateTopicResult::create(
+                &mut b,
+                &p::CreateTopicResultArgs {
+                    name: Some(name),
+                    error_code,
+                    error_message,
+                },
+            ));
+        }
+        let topics = b.create_vector(&out);
+        let body = p::CreateTopicsResponse::create(
+            &mut b,
+            &p::CreateTopicsResponseArgs {
+                topics: Some(topics),
+                ..Default::default()
+            },
+        );
+        finish(
+            b,
+            key,
+            p::ResponseBody::CreateTopicsResponse,
+            body.as_union_value(),
+        )
+    }
+
+    async fn delete_topics(&self, request: &RequestFrame) -> Result<Option<Frame>, ServiceError> {
+        let key = request.key();
+        let names: Vec<String> = request
+            .request()
+            .body_as_delete_topics_request()
+            .ok_or_else(|| invalid("no body"))?
+            .names()
+            .map(|names| names.iter().map(str::to_owned).collect())
+            .unwrap_or_default();
+        let results = self
+            .ctx
+            .run_admin(AdminOp::Delete {
+                names: names.clone(),
+            })
+            .await;
+        let mut b = FlatBufferBuilder::new();
+        let mut out = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            let result = results.get(i).cloned().unwrap_or_else(|| {
+                Err(ServiceError::new(ErrorCode::BrokerShuttingDown, "not done"))
+            });
+            let (error_code, error_message) = outcome(&mut b, &result);
+            let name = b.create_string(name);
+            out.push(p::DeleteTopicResult::create(
+                &mut b,
+                &p::DeleteTopicResultArgs {
+                    name: Some(name),
+                    error_code,
+                    error_message,
+                },
+            ));
+        }
+        let topics = b.create_vector(&out);
+        let body = p::DeleteTopicsResponse::create(
+            &mut b,
+            &p::DeleteTopicsResponseArgs {
+                topics: Some(topics),
+                ..Default::default()
+            },
+        );
+        finish(
+            b,
+            key,
+            p::ResponseBody::DeleteTopicsResponse,
+            body.as_union_value(),
+        )
+    }
+
+    async fn produce(&self, request: &RequestFrame) -> Result<Option<Frame>, ServiceError> {
+        let key = request.key();
+        let req = request
+            .request()
+            .body_as_produce_request()
+            .ok_or_else(|| invalid("no body"))?;
+        let acks = req.acks();
+        if !matches!(acks, Acks::All | Acks::Leader | Acks::None) {
+            return Err(invalid(format!("acks {} is not -1, 0 or 1", acks.0)));
+        }
+        let mut items: Vec<(String, i32, Bytes)> = Vec::new();
+        for item in req.partitions().iter().flatten() {
+            let records = item.records().bytes();
+            let batch = request.share(records).ok_or_else(|| {
+                ServiceError::new(ErrorCode::Unknown, "records outside the frame")
+            })?;
+            items.push((item.topic().to_owned(), item.partition(), batch));
+        }
+        // Items of one partition run in request order; partitions run
+        // concurrently.
+        let mut groups: Vec<((String, i32), Vec<usize>)> = Vec::new();
+        for (i, (topic, partition, _)) in items.iter().enumerate() {
+            match groups
+                .iter_mut()
+                .find(|((t, p), _)| t == topic && p == partition)
+            {
+                Some((_, group)) => group.push(i),
+                None => groups.push(((topic.clone(), *partition), vec![i])),
+            }
+        }
+        let topics = self.topics();
+        let mut tasks = Vec::with_capacity(groups.len());
+        for ((topic, partition), group) in groups {
+            let ctx = self.ctx.clone();
+            let topics = topics.clone();
+            let batches: Vec<(usize, Bytes)> =
+                group.iter().map(|i| (*i, items[*i].2.clone())).collect();
+            tasks.push(glommio::spawn_local(async move {
+                let mut out = Vec::with_capacity(batches.len());
+                for (i, batch) in batches {
+                    let started = Instant::now();
+                    let result = match topics.locate(&topic, partition) {
+                        Err(error) => Err(error),
+                        Ok((meta, owner)) => {
+                            let op = PartitionOp::Produce {
+                                partition: meta.partition_id(partition as u32),
+                                acks,
+                                batch,
+                            };
+                            if owner != ctx.shard {
+                                ctx.metrics
+                                    .forwarded
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            match ctx.router.run(&*ctx.service, owner, op).await {
+                                OpReply::Produce(result) => result,
+                                _ => Err(ServiceError::new(ErrorCode::Unknown, "wrong reply")),
+                            }
+                        }
+                    };
+                    ctx.metrics
+                        .produce_latency
+                        .observe(started.elapsed().as_micros() as u64);
+                    out.push((i, result));
+                }
+                out
+            }));
+        }
+        let mut results: Vec<Option<Result<_, ServiceError>>> = vec![None; items.len()];
+        for task in tasks {
+            for (i, result) in task.await {
+                results[i] = Some(result);
+            }
+        }
+        if acks == Acks::None {
+            return Ok(None);
+        }
+        let mut b = FlatBufferBuilder::new();
+        let mut out = Vec::with_capacity(items.len());
+        for ((topic, partition, _), result) in items.iter().zip(results) {
+            let result =
+                result.unwrap_or_else(|| Err(ServiceError::new(ErrorCode::Unknown, "not done")));
+            let (error_code, error_message) = outcome(&mut b, &result);
+            let topic = b.create_string(topic);
+            let done = result.ok();
+            out.push(p::ProducePartitionResponse::create(
+                &mut b,
+                &p::ProducePartitionResponseArgs {
+                    topic: Some(topic),
+                    partition: *partition,
+                    error_code,
+                    error_message,
+                    base_offset: done.map_or(-1, |d| d.base_offset),
+                    log_append_time_ms: done.map_or(-1, |d| d.log_append_time_ms),
+                    log_start_offset: done.map_or(-1, |d| d.log_start_offset),
+                    leader_hint: None,
+                },
+            ));
+        }
+        let partitions = b.create_vector(&out);
+        let body = p::ProduceResponse::create(
+            &mut b,
+            &p::ProduceResponseArgs {
+                partitions: Some(partitions),
+                ..Default::default()
+            },
+        );
+        finish(
+            b,
+            key,
+            p::ResponseBody::ProduceResponse,
+            body.as_union_value(),
+        )
+    }
+
+    async fn fetch_one(
+        ctx: &ShardCtx<S>,
+        topics: &TopicsSnapshot,
+        item: &FetchItem,
+        wait_until: Option<Instant>,
+    ) -> Result<FetchResult, ServiceError> {
+        let (meta, owner) = topics.locate(&item.topic, item.partition)?;
+        let op = PartitionOp::Fetch {
+            partition: meta.partition_id(item.partition as u32),
+            args: FetchArgs {
+                offset: item.offset,
+                max_bytes: item.max_bytes,
+                wait_until,
+            },
+        };
+        if owner != ctx.shard {
+            ctx.metrics
+                .forwarded
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        match ctx.router.run(&*ctx.service, owner, op).await {
+            OpReply::Fetch(result) => result,
+            _ => Err(ServiceError::new(ErrorCode::Unknown, "wrong reply")),
+        }
+    }
+
+    /// Fetches every item concurrently. With `wait_until`, an item with
+    /// nothing new waits for data, and the first item that gets some ends
+    /// the others' waits (they answer empty).
+    async fn fetch_pass(
+        &self,
+        topics: &Arc<TopicsSnapshot>,
+        items: &Rc<Vec<FetchItem>>,
+        wait: Option<(Instant, &[bool])>,
+    ) -> Vec<Option<Result<FetchResult, ServiceError>>> {
+        let done = Shutdown::new();
+        let mut tasks = Vec::with_capacity(items.len());
+        for i in 0..items.len() {
+            let wait_until = match wait {
+                None => None,
+                Some((deadline, waiting)) if waiting[i] => Some(deadline),
+                Some(_) => {
+                    tasks.push(None);
+                    continue;
+                }
+            };
+            let (ctx, topics, items, done) = (
+                self.ctx.clone(),
+                topics.clone(),
+                items.clone(),
+                done.clone(),
+            );
+            tasks.push(Some(glommio::spawn_local(async move {
+                let fetch = async {
+                    let result = Self::fetch_one(&ctx, &topics, &items[i], wait_until).await;
+                    if matches!(&result, Ok(r) if !r.records.is_empty()) {
+                        done.trigger();
+                    }
+                    Some(result)
+                };
+                let ended = async {
+                    done.listen().await;
+                    None
+                };
+                if wait_until.is_some() {
+                    futures_lite::future::or(fetch, ended).await
+                } else {
+                    fetch.await
+                }
+            })));
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for task in tasks {
+            out.push(match task {
+                Some(task) => task.await,
+                None => None,
+            });
+        }
+        out
+    }
+
+    async fn fetch(&self, request: &RequestFrame) -> Result<Option<Frame>, ServiceError> {
+        let started = Instant::now();
+        let key = request.key();
+        let limits = &self.ctx.config.limits;
+        let (items, max_wait_ms, min_bytes, total_max) = {
+            let req = request
+                .request()
+                .body_as_fetch_request()
+                .ok_or_else(|| invalid("no body"))?;
+            let total_max = match req.max_bytes() {
+                0 => limits.fetch_bytes_default,
+                n => n,
+            };
+            let items: Vec<FetchItem> = req
+                .partitions()
+                .iter()
+                .flatten()
+                .map(|item| FetchItem {
+                    topic: item.topic().to_owned(),
+                    partition: item.partition(),
+                    offset: item.offset(),
+                    max_bytes: match item.max_bytes() {
+                        0 => limits.fetch_bytes_default,
+                        n => n,
+                    }
+                    .min(total_max),
+                })
+                .collect();
+            (
+                items,
+                u64::from(req.max_wait_ms()).min(limits.fetch_wait_max_ms),
+                req.min_bytes(),
+                total_max,
+            )
+        };
+        let items = Rc::new(items);
+        let topics = self.topics();
+        let mut results = self.fetch_pass(&topics, &items, None).await;
+        let available: usize = results
+            .iter()
+            .flatten()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|r| r.records.len())
+            .sum();
+        if max_wait_ms > 0 && available < (min_bytes as usize).max(1) {
+            let waiting: Vec<bool> = results
+                .iter()
+                .map(|r| matches!(r, Some(Ok(r)) if r.records.is_empty()))
+                .collect();
+            if waiting.iter().any(|w| *w) {
+                let deadline = started + Duration::from_millis(max_wait_ms);
+                let waited = self
+                    .fetch_pass(&topics, &items, Some((deadline, &waiting)))
+                    .await;
+                for (slot, new) in results.iter_mut().zip(waited) {
+                    if let Some(new) = new {
+                        *slot = Some(new);
+                    }
+                }
+            }
+        }
+        let mut b = FlatBufferBuilder::new();
+        let mut out = Vec::with_capacity(items.len());
+        let mut total = 0usize;
+        for (item, result) in items.iter().zip(results) {
+            let result =
+                result.unwrap_or_else(|| Err(ServiceError::new(ErrorCode::Unknown, "not done")));
+            let (error_code, error_message) = outcome(&mut b, &result);
+            let topic = b.create_string(&item.topic);
+            let (high_watermark, log_start_offset, records) = match &result {
+                Ok(r) => {
+                    // The request's byte budget, the first batch excepted.
+                    let keep = total == 0 || total + r.records.len() <= total_max as usize;
+                    let records = if keep { &r.records[..] } else { &[][..] };
+                    total += records.len();
+                    (
+                        r.high_watermark,
+                        r.log_start_offset,
+                        Some(b.create_vector(records)),
+                    )
+                }
+                Err(_) => (-1, -1, None),
+            };
+            out.push(p::FetchPartitionResponse::create(
+                &mut b,
+                &p::FetchPartitionResponseArgs {
+                    topic: Some(topic),
+                    partition: item.partition,
+                    error_code,
+                    error_message,
+                    high_watermark,
+                    log_start_offset,
+                    records,
+                    leader_hint: None,
+                },
+            ));
+        }
+        let partitions = b.create_vector(&out);
+        let body = p::FetchResponse::create(
+            &mut b,
+            &p::FetchResponseArgs {
+                partitions: Some(partitions),
+                ..Default::default()
+            },
+        );
+        self.ctx
+            .metrics
+            .fetch_latency
+            .observe(started.elapsed().as_micros() as u64);
+        finish(
+            b,
+            key,
+            p::ResponseBody::FetchResponse,
+            body.as_union_value(),
+        )
+    }
+
+    async fn list_offsets(&self, request: &RequestFrame) -> Result<Option<Frame>, ServiceError> {
+        let key = request.key();
+        let items: Vec<(String, i32, OffsetSpec, i64)> = request
+            .request()
+            .body_as_list_offsets_request()
+            .ok_or_else(|| invalid("no body"))?
+            .partitions()
+            .iter()
+            .flatten()
+            .map(|i| {
+                (
+                    i.topic().to_owned(),
+                    i.partition(),
+                    i.spec(),
+                    i.timestamp_ms(),
+                )
+            })
+            .collect();
+        let topics = self.topics();
+        let mut results = Vec::with_capacity(items.len());
+        for (topic, partition, spec, timestamp_ms) in &items {
+            let result = match topics.locate(topic, *partition) {
+                Err(error) => Err(error),
+                Ok((meta, owner)) => {
+                    let op = PartitionOp::ListOffsets {
+                        partition: meta.partition_id(*partition as u32),
+                        spec: *spec,
+                        timestamp_ms: *timestamp_ms,
+                    };
+                    match self.ctx.router.run(&*self.ctx.service, owner, op).await {
+                        OpReply::ListOffsets(result) => result,
+                        _ => Err(ServiceError::new(ErrorCode::Unknown, "wrong reply")),
+                    }
+                }
+            };
+            results.push(result);
+        }
+        let mut b = FlatBufferBuilder::new();
+        let mut out = Vec::with_capacity(items.len());
+        for ((topic, partition, _, _), result) in items.iter().zip(results) {
+            let (error_code, error_message) = outcome(&mut b, &result);
+            let topic = b.create_string(topic);
+            let found = result.ok();
+            out.push(p::ListOffsetsPartitionResponse::create(
+                &mut b,
+                &p::ListOffsetsPartitionResponseArgs {
+                    topic: Some(topic),
+                    partition: *partition,
+                    error_code,
+                    error_message,
+                    offset: found.map_or(-1, |f| f.offset),
+                    timestamp_ms: found.map_or(-1, |f| f.timestamp_ms),
+                    leader_hint: None,
+                },
+            ));
+        }
+        let partitions = b.create_vector(&out);
+        let body = p::ListOffsetsResponse::create(
+            &mut b,
+            &p::ListOffsetsResponseArgs {
+                partitions: Some(partitions),
+                ..Default::default()
+            },
+        );
+        finish(
+            b,
+            key,
+            p::ResponseBody::ListOffsetsResponse,
+            body.as_union_value(),
+        )
+    }
+}

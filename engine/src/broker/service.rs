@@ -1,0 +1,559 @@
+//! What a shard does with a partition it owns: [`PartitionService`], and
+//! [`LocalLogService`], the single-replica implementation that appends
+//! straight to the shard log.
+//!
+//! The Raft layer implements [`PartitionService`] too (one Raft loop per
+//! shard over its partitions' `RawNode`s, writing through the same
+//! `ShardLog`) and replaces [`LocalLogService`]; the request handling and
+//! routing above it do not change.
+//!
+//! Hot path (produce, fetch): one append or one read per item, no
+//! allocation per record.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use event_listener::Event;
+use shardmq_net::Shutdown;
+use shardmq_schema::batch::{BatchError, RecordBatchView};
+use shardmq_schema::protocol::{Acks, ErrorCode, OffsetSpec};
+use shardmq_storage::{EntryKind, EntryRef, PartitionId, ShardLog, StorageError};
+
+/// An error a client gets for one partition item: a stable code and a
+/// message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ServiceError {
+    /// The wire code.
+    pub code: ErrorCode,
+    /// Detail for people.
+    pub message: String,
+}
+
+impl ServiceError {
+    /// An error with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What a produce assigned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceResult {
+    /// Offset of the batch's first record.
+    pub base_offset: i64,
+    /// Append time when the topic uses log-append time, else -1.
+    pub log_append_time_ms: i64,
+    /// The partition's log start offset after the append.
+    pub log_start_offset: i64,
+}
+
+/// Where and how much to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchArgs {
+    /// First offset wanted.
+    pub offset: i64,
+    /// Record bytes at most (whole batches; the first batch is whole even
+    /// when larger).
+    pub max_bytes: u32,
+    /// Wait for new data until then when none is available at `offset`.
+    pub wait_until: Option<Instant>,
+}
+
+/// What a fetch read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetchResult {
+    /// Offset after the last durable (committed) record.
+    pub high_watermark: i64,
+    /// First offset still stored.
+    pub log_start_offset: i64,
+    /// Whole batches, concatenated, as stored.
+    pub records: Bytes,
+}
+
+/// What a list-offsets found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListOffsetsResult {
+    /// The offset, -1 when none.
+    pub offset: i64,
+    /// The timestamp at it (spec Timestamp), -1 when unknown.
+    pub timestamp_ms: i64,
+}
+
+/// The operations on partitions a shard owns. Shard view: implemented by
+/// a type that lives on one shard (`!Send` futures).
+pub trait PartitionService: 'static {
+    /// Appends one record batch, answering once `acks` is met. With acks
+    /// None the result is still returned (the handler sends nothing).
+    fn produce(
+        &self,
+        partition: PartitionId,
+        acks: Acks,
+        batch: Bytes,
+    ) -> impl Future<Output = Result<ProduceResult, ServiceError>>;
+
+    /// Reads from `args.offset`, never past the high watermark, waiting up
+    /// to `args.wait_until` when nothing is there yet.
+    fn fetch(
+        &self,
+        partition: PartitionId,
+        args: FetchArgs,
+    ) -> impl Future<Output = Result<FetchResult, ServiceError>>;
+
+    /// Looks up an offset by position or timestamp.
+    fn list_offsets(
+        &self,
+        partition: PartitionId,
+        spec: OffsetSpec,
+        timestamp_ms: i64,
+    ) -> impl Future<Output = Result<ListOffsetsResult, ServiceError>>;
+
+    /// Creates the partition on this shard (idempotent), durably.
+    fn create_partition(
+        &self,
+        partition: PartitionId,
+    ) -> impl Future<Output = Result<(), ServiceError>>;
+
+    /// Deletes the partition and its data, durably.
+    fn delete_partition(
+        &self,
+        partition: PartitionId,
+    ) -> impl Future<Output = Result<(), ServiceError>>;
+
+    /// Partitions this shard holds, and how many of them it leads.
+    fn counts(&self) -> (u64, u64);
+
+    /// The partitions this shard holds.
+    fn partitions(&self) -> Vec<PartitionId>;
+
+    /// Ends every fetch waiting for data (each answers with what there
+    /// is), now and from now on: the shard is stopping and must not wait
+    /// out long-polls before it can close.
+    fn end_waits(&self);
+
+    /// Makes everything durable and refuses further work.
+    fn close(&self) -> impl Future<Output = Result<(), ServiceError>>;
+}
+
+/// Limits a [`LocalLogService`] enforces on produced batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProduceLimits {
+    /// Largest batch.
+    pub batch_bytes_max: usize,
+    /// Largest record in a batch.
+    pub record_bytes_max: usize,
+}
+
+/// Most fetches that may wait for data at once on one shard; more are
+/// answered at once with what there is.
+pub const FETCH_WAITERS_MAX: usize = 4096;
+
+/// Durable end of a partition: what fetches may see.
+#[derive(Debug, Clone, Copy, Default)]
+struct Watermark {
+    offset: u64,
+    index: u64,
+}
+
+/// The single-replica partition service: appends straight to the shard
+/// log, with no replication. Acks All appends then syncs; acks Leader and
+/// None append and let the background flusher sync. The high watermark is
+/// what is synced, so a fetch never sees a record a crash could lose.
+/// The Raft-backed service replaces it. Shard view: owned by one shard.
+#[derive(Debug)]
+pub struct LocalLogService {
+    log: ShardLog,
+    limits: ProduceLimits,
+    /// Durable end per partition.
+    watermarks: RefCell<HashMap<PartitionId, Watermark>>,
+    /// Appended end per partition not yet known durable.
+    pending: RefCell<HashMap<PartitionId, Watermark>>,
+    /// Notified when a watermark moves (long-poll waiters).
+    advanced: Event,
+    /// Notified when there is something to sync for the flusher.
+    dirty: Event,
+    waiters: Cell<usize>,
+    /// Serialises appends: an append picks the next Raft index before it
+    /// may wait for staging space.
+    append_lock: glommio::sync::Semaphore,
+    /// Fetches no longer wait for data.
+    no_waits: Shutdown,
+    closing: Shutdown,
+}
+
+fn storage_error(error: StorageError) -> ServiceError {
+    match error {
+        StorageError::UnknownPartition(_) => ServiceError::new(
+            ErrorCode::UnknownPartition,
+            format!("partition not on this shard: {error}"),
+        ),
+        StorageError::OffsetOutOfRange { .. } => {
+            ServiceError::new(ErrorCode::OffsetOutOfRange, error.to_string())
+        }
+        StorageError::BadBatch { .. } => {
+            ServiceError::new(ErrorCode::CorruptBatch, error.to_string())
+        }
+        error => ServiceError::new(ErrorCode::StorageError, error.to_string()),
+    }
+}
+
+fn batch_error(error: BatchError) -> ServiceError {
+    ServiceError::new(
+        ErrorCode::CorruptBatch,
+        format!("invalid record batch: {error}"),
+    )
+}
+
+impl LocalLogService {
+    /// The service over `log`, whose partitions were all recovered
+    /// durable. Start [`run_flusher`](Self::run_flusher) beside it.
+    pub fn new(log: ShardLog, limits: ProduceLimits) -> Rc<Self> {
+        let mut watermarks = HashMap::new();
+        for id in log.partitions() {
+            if let (Ok(offset), Ok(index)) = (log.next_offset(id), log.last_index(id)) {
+                watermarks.insert(id, Watermark { offset, index });
+            }
+        }
+        Rc::new(Self {
+            log,
+            limits,
+            watermarks: RefCell::new(watermarks),
+            pending: RefCell::new(HashMap::new()),
+            advanced: Event::new(),
+            dirty: Event::new(),
+            waiters: Cell::new(0),
+            append_lock: glommio::sync::Semaphore::new(1),
+            no_waits: Shutdown::new(),
+            closing: Shutdown::new(),
+        })
+    }
+
+    /// The shard log.
+    pub fn log(&self) -> &ShardLog {
+        &self.log
+    }
+
+    /// Syncs appends made without acks All, until [`close`]. Runs as a
+    /// task of the shard.
+    ///
+    /// [`close`]: PartitionService::close
+    pub async fn run_flusher(self: Rc<Self>) {
+        loop {
+            let listener = self.dirty.listen();
+            if self.closing.is_triggered() {
+                return;
+            }
+            if self.pending.borrow().is_empty() {
+                futures_lite::future::or(listener, self.closing.listen()).await;
+                continue;
+            }
+            if let Err(error) = self.sync_and_publish().await {
+                tracing::error!(%error, "shard log sync failed");
+                // The log is poisoned; every later append fails too.
+                return;
+            }
+        }
+    }
+
+    /// Syncs everything appended so far and moves the watermarks of what
+    /// it covered.
+    async fn sync_and_publish(&self) -> Result<(), ServiceError> {
+        let covered = std::mem::take(&mut *self.pending.borrow_mut());
+        if let Err(error) = self.log.sync().await {
+            // Not durable: put them back for a later round (which will fail
+            // too: the log is poisoned).
+            let mut pending = self.pending.borrow_mut();
+            for (id, mark) in covered {
+                pending.entry(id).or_insert(mark);
+            }
+            return Err(storage_error(error));
+        }
+        if !covered.is_empty() {
+            let mut watermarks = self.watermarks.borrow_mut();
+            for (id, mark) in covered {
+                if let Some(current) = watermarks.get_mut(&id) {
+                    if mark.offset > current.offset {
+                        *current = mark;
+                    }
+                }
+            }
+            drop(watermarks);
+            self.advanced.notify(usize::MAX);
+        }
+        Ok(())
+    }
+
+    fn check_batch(&self, batch: &[u8]) -> Result<(), ServiceError> {
+        if batch.len() > self.limits.batch_bytes_max {
+            return Err(ServiceError::new(
+                ErrorCode::BatchTooLarge,
+                format!(
+                    "batch of {} bytes exceeds batch_bytes_max {}",
+                    batch.len(),
+                    self.limits.batch_bytes_max
+                ),
+            ));
+        }
+        let view = RecordBatchView::parse_verified(batch).map_err(batch_error)?;
+        if view.compression() == 0 {
+            for record in view.records() {
+                let record = record.map_err(batch_error)?;
+                if record.encoded_bytes() > self.limits.record_bytes_max {
+                    return Err(ServiceError::new(
+                        ErrorCode::RecordTooLarge,
+                        format!(
+                            "record of {} bytes exceeds record_bytes_max {}",
+                            record.encoded_bytes(),
+                            self.limits.record_bytes_max
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn watermark(&self, partition: PartitionId) -> Result<Watermark, ServiceError> {
+        self.watermarks
+            .borrow()
+            .get(&partition)
+            .copied()
+            .ok_or_else(|| {
+                ServiceError::new(ErrorCode::UnknownPartition, "partition not on this shard")
+            })
+    }
+}
+
+impl PartitionService for LocalLogService {
+    async fn produce(
+        &self,
+        partition: PartitionId,
+        acks: Acks,
+        batch: Bytes,
+    ) -> Result<ProduceResult, ServiceError> {
+        if self.closing.is_triggered() {
+            return Err(ServiceError::new(
+                ErrorCode::BrokerShuttingDown,
+                "the shard is stopping",
+            ));
+        }
+        self.watermark(partition)?;
+        self.check_batch(&batch)?;
+        let permit = self.append_lock.acquire_permit(1).await.map_err(|_| {
+            ServiceError::new(ErrorCode::BrokerShuttingDown, "the shard is stopping")
+        })?;
+        let index = self.log.last_index(partition).map_err(storage_error)? + 1;
+        // One replica, one term: the leader epoch stamped into batches is 1.
+        let entry = EntryRef {
+            index,
+            term: 1,
+            kind: EntryKind::Data,
+            payload: &batch,
+        };
+        let outcome = self
+            .log
+            .append(partition, &[entry])
+            .await
+            .map_err(storage_error)?;
+        drop(permit);
+        self.pending.borrow_mut().insert(
+            partition,
+            Watermark {
+                offset: outcome.next_offset,
+                index: outcome.last_index,
+            },
+        );
+        if acks == Acks::All {
+            self.sync_and_publish().await?;
+        } else {
+            self.dirty.notify(1);
+        }
+        Ok(ProduceResult {
+            base_offset: outcome.base_offset as i64,
+            log_append_time_ms: -1,
+            log_start_offset: self
+                .log
+                .log_start_offset(partition)
+                .map_or(-1, |o| o as i64),
+        })
+    }
+
+    async fn fetch(
+        &self,
+        partition: PartitionId,
+        args: FetchArgs,
+    ) -> Result<FetchResult, ServiceError> {
+        let offset = u64::try_from(args.offset).map_err(|_| {
+            ServiceError::new(
+                ErrorCode::OffsetOutOfRange,
+                format!("offset {} is negative", args.offset),
+            )
+        })?;
+        let mut waiting = false;
+        let result = loop {
+            let listener = self.advanced.listen();
+            let mark = self.watermark(partition)?;
+            let start = self
+                .log
+                .log_start_offset(partition)
+                .map_err(storage_error)?;
+            if offset < start || offset > mark.offset {
+                break Err(ServiceError::new(
+                    ErrorCode::OffsetOutOfRange,
+                    format!(
+                        "offset {offset} is outside [{start}, {}] (log start, high watermark)",
+                        mark.offset
+                    ),
+                ));
+            }
+            let base = FetchResult {
+                high_watermark: mark.offset as i64,
+                log_start_offset: start as i64,
+                records: Bytes::new(),
+            };
+            if offset < mark.offset {
+                let batches = self
+                    .log
+                    .read_from_offset(partition, offset, u64::from(args.max_bytes), mark.index)
+                    .await
+                    .map_err(storage_error)?;
+                let total: usize = batches.iter().map(|b| b.bytes.len()).sum();
+                let mut records = Vec::with_capacity(total);
+                for batch in &batches {
+                    records.extend_from_slice(&batch.bytes);
+                }
+                break Ok(FetchResult {
+                    records: Bytes::from(records),
+                    ..base
+                });
+            }
+            // Nothing new: wait for the watermark, a deadline or close.
+            let Some(deadline) = args.wait_until else {
+                break Ok(base);
+            };
+            if self.no_waits.is_triggered()
+                || Instant::now() >= deadline
+                || (!waiting && self.waiters.get() >= FETCH_WAITERS_MAX)
+            {
+                break Ok(base);
+            }
+            if !waiting {
+                waiting = true;
+                self.waiters.set(self.waiters.get() + 1);
+            }
+            let timer = async {
+                glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now()))
+                    .await;
+            };
+            futures_lite::future::or(
+                futures_lite::future::or(listener, timer),
+                self.no_waits.listen(),
+            )
+            .await;
+        };
+        if waiting {
+            self.waiters.set(self.waiters.get() - 1);
+        }
+        result
+    }
+
+    async fn list_offsets(
+        &self,
+        partition: PartitionId,
+        spec: OffsetSpec,
+        timestamp_ms: i64,
+    ) -> Result<ListOffsetsResult, ServiceError> {
+        let mark = self.watermark(partition)?;
+        let start = self
+            .log
+            .log_start_offset(partition)
+            .map_err(storage_error)?;
+        let none = ListOffsetsResult {
+            offset: -1,
+            timestamp_ms: -1,
+        };
+        match spec {
+            OffsetSpec::Earliest => Ok(ListOffsetsResult {
+                offset: start as i64,
+                ..none
+            }),
+            OffsetSpec::Latest => Ok(ListOffsetsResult {
+                offset: mark.offset as i64,
+                ..none
+            }),
+            OffsetSpec::Timestamp => {
+                let found = self
+                    .log
+                    .offset_for_timestamp(partition, timestamp_ms)
+                    .map_err(storage_error)?;
+                Ok(match found {
+                    // Only what is durable is visible.
+                    Some(offset) if offset < mark.offset => ListOffsetsResult {
+                        offset: offset as i64,
+                        ..none
+                    },
+                    _ => none,
+                })
+            }
+            other => Err(ServiceError::new(
+                ErrorCode::InvalidRequest,
+                format!("unknown offset spec {}", other.0),
+            )),
+        }
+    }
+
+    async fn create_partition(&self, partition: PartitionId) -> Result<(), ServiceError> {
+        self.log
+            .create_partition(partition)
+            .await
+            .map_err(storage_error)?;
+        self.log.sync().await.map_err(storage_error)?;
+        let mut watermarks = self.watermarks.borrow_mut();
+        watermarks.entry(partition).or_insert_with(|| Watermark {
+            offset: self.log.next_offset(partition).unwrap_or(0),
+            index: self.log.last_index(partition).unwrap_or(0),
+        });
+        Ok(())
+    }
+
+    async fn delete_partition(&self, partition: PartitionId) -> Result<(), ServiceError> {
+        self.watermarks.borrow_mut().remove(&partition);
+        self.pending.borrow_mut().remove(&partition);
+        match self.log.remove_partition(partition).await {
+            Ok(()) | Err(StorageError::UnknownPartition(_)) => {}
+            Err(error) => return Err(storage_error(error)),
+        }
+        self.log.sync().await.map_err(storage_error)?;
+        // Waiters on the deleted partition find it gone.
+        self.advanced.notify(usize::MAX);
+        Ok(())
+    }
+
+    fn counts(&self) -> (u64, u64) {
+        let n = self.watermarks.borrow().len() as u64;
+        (n, n)
+    }
+
+    fn partitions(&self) -> Vec<PartitionId> {
+        self.log.partitions()
+    }
+
+    fn end_waits(&self) {
+        self.no_waits.trigger();
+    }
+
+    async fn close(&self) -> Result<(), ServiceError> {
+        self.no_waits.trigger();
+        self.closing.trigger();
+        self.dirty.notify(usize::MAX);
+        self.sync_and_publish().await?;
+        self.log.close().await.map_err(storage_error)
+    }
+}

@@ -1,0 +1,34 @@
+//! The Raft layer of a shard: one raft-rs group per partition, whose log is
+//! the partition's message log in the shard's `ShardLog`.
+//!
+//! - [`store`]: raft's `Storage` over the shard log, with an entry cache;
+//! - [`replica`]: [`PartitionReplica`], a sans-IO wrapper of `RawNode` that
+//!   turns each Ready into work for the caller;
+//! - [`shard_loop`]: [`ShardLoop`], the loop that drives every replica of a
+//!   shard, writes all their Readies with one sync (group commit), sends
+//!   messages through a [`Transport`] and acknowledges produces once they
+//!   commit;
+//! - [`logging`]: raft's `slog` records forwarded to `tracing`.
+//!
+//! Every group runs with `pre_vote` and `check_quorum` on.
+
+mod error;
+pub mod logging;
+pub mod replica;
+pub mod shard_loop;
+pub mod store;
+
+pub use error::RaftError;
+pub use replica::{
+    AdvanceWork, CommittedEntry, PartitionReplica, ProposalTicket, ReadyWork, ReplicaConfig,
+    SnapshotPoint,
+};
+pub use shard_loop::{
+    IterationReport, ProduceAck, ProduceWaiter, ShardLoop, ShardLoopConfig, Transport,
+};
+pub use store::{LogEntry, PendingFetch, Store};
+
+/// raft-rs's message and entry types, for transports.
+pub use ::raft::eraftpb;
+/// raft-rs's role of a replica.
+pub use ::raft::StateRole;
