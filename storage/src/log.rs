@@ -581,7 +581,7 @@ impl ShardLog {
         if cfg.prezero_bytes_per_sec > 0 {
             // The first segment is zeroed now, unthrottled; later ones are
             // prepared while the one before fills.
-            zero_fill(&file, &path, cfg.segment_bytes, None, &Cell::new(false)).await?;
+            zero_fill_now(&file, &path, cfg.segment_bytes).await?;
         }
         let staging_buf = file.alloc_dma_buffer(cfg.write_buffer_bytes);
         segments.insert(
@@ -1011,7 +1011,7 @@ impl ShardLog {
         let task_path = path.clone();
         let task = glommio::spawn_local(async move {
             let (file, _) = create_file(&cfg, &task_path).await?;
-            zero_fill(&file, &task_path, cfg.segment_bytes, Some(rate), &task_stop).await?;
+            zero_fill(&file, &task_path, cfg.segment_bytes, rate, &task_stop).await?;
             Ok(file)
         });
         inner.prepared = Some(Prepared {
@@ -2018,14 +2018,13 @@ impl std::fmt::Debug for Prepared {
 }
 
 /// Writes zeros from the start of `file` up to `len` bytes, at most `rate`
-/// bytes per second when given, stopping early when `stop` is set, then
-/// fdatasyncs, so the blocks are allocated and their extents converted
+/// bytes per second, stopping early when `stop` is set, then fdatasyncs, so the blocks are allocated and their extents converted
 /// before records land in them.
 async fn zero_fill(
     file: &DmaFile,
     path: &Path,
     len: u64,
-    rate: Option<u64>,
+    rate: u64,
     stop: &Cell<bool>,
 ) -> Result<()> {
     let mut pos = 0u64;
@@ -2037,15 +2036,46 @@ async fn zero_fill(
             .await
             .map_err(|e| StorageError::glommio("zero segment", path, e))?;
         pos += n as u64;
-        if let Some(rate) = rate {
-            let pause = std::time::Duration::from_micros(n as u64 * 1_000_000 / rate.max(1));
-            glommio::timer::sleep(pause).await;
-        }
+        let pause = std::time::Duration::from_micros(n as u64 * 1_000_000 / rate.max(1));
+        glommio::timer::sleep(pause).await;
     }
     if stop.get() {
         // Taken early by a roll: the next fdatasync of records commits the
         // allocations too.
         return Ok(());
+    }
+    file.fdatasync()
+        .await
+        .map_err(|e| StorageError::glommio("fdatasync zeroed segment", path, e))
+}
+
+/// Writes zeros through the whole of `file` as fast as the disk takes them
+/// (several writes in flight), then fdatasyncs: the segment `open` starts
+/// with, which the log waits for.
+async fn zero_fill_now(file: &Rc<DmaFile>, path: &Path, len: u64) -> Result<()> {
+    const WRITERS: u64 = 8;
+    const CHUNK: u64 = 1 << 20;
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let file = file.clone();
+            let path = path.to_path_buf();
+            glommio::spawn_local(async move {
+                let mut pos = w * CHUNK;
+                while pos < len {
+                    let n = CHUNK.min(len - pos) as usize;
+                    let mut buf = file.alloc_dma_buffer(n);
+                    buf.as_bytes_mut().fill(0);
+                    file.write_at(buf, pos)
+                        .await
+                        .map_err(|e| StorageError::glommio("zero segment", &path, e))?;
+                    pos += WRITERS * CHUNK;
+                }
+                Ok::<(), StorageError>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await?;
     }
     file.fdatasync()
         .await
