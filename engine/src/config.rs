@@ -139,6 +139,10 @@ impl StorageConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaftConfig {
+    /// Serve partitions through Raft (one single-voter group per
+    /// partition, driven by its shard's loop); false serves them straight
+    /// from the shard log with no Raft at all. Default true.
+    pub enabled: bool,
     /// Interval of one Raft tick, in milliseconds. Default 100.
     pub tick_ms: u64,
     /// Ticks between a leader's heartbeats. Default 1.
@@ -164,6 +168,7 @@ pub struct RaftConfig {
 impl Default for RaftConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             tick_ms: 100,
             heartbeat_ticks: 1,
             election_ticks: 10,

@@ -3,7 +3,9 @@
 //! and fetch on every partition, a request sent to a shard that does not
 //! own the partition, bad input of every kind, a clean stop on SIGTERM and
 //! a restart that serves everything acknowledged, and the metrics
-//! endpoint.
+//! endpoint; each against the Raft-backed service (the default) and the
+//! service without Raft. Then a SIGKILL in the middle of an acks=all
+//! produce loop, after which every acknowledged batch is at its offset.
 //!
 //! Every wait polls with a deadline; every broker started is killed when
 //! its guard drops, and its directory removed.
@@ -55,10 +57,23 @@ batch_bytes_max = 262144
 record_bytes_max = 65536
 ";
 
+/// Which partition service the broker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    /// Every partition a single-voter Raft group (the default).
+    Raft,
+    /// Straight to the shard log (`[raft] enabled = false`).
+    Local,
+}
+
 impl Broker {
-    fn start(dir: &Path, shards: usize) -> Self {
+    fn start(dir: &Path, shards: usize, service: Service) -> Self {
         let config = dir.join("broker.toml");
-        std::fs::write(&config, TEST_CONFIG).unwrap();
+        let text = match service {
+            Service::Raft => TEST_CONFIG.to_owned(),
+            Service::Local => format!("{TEST_CONFIG}\n[raft]\nenabled = false\n"),
+        };
+        std::fs::write(&config, text).unwrap();
         let client = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = dir.join(format!("broker-{}.log", client.port()));
@@ -563,8 +578,17 @@ fn check_all(client: &mut Client, expected: &[Vec<u8>], next: &[i64]) {
 
 #[test]
 fn produce_fetch_across_shards_survives_a_restart() {
+    produce_fetch_across_shards_survives_a_restart_with(Service::Raft);
+}
+
+#[test]
+fn produce_fetch_across_shards_survives_a_restart_without_raft() {
+    produce_fetch_across_shards_survives_a_restart_with(Service::Local);
+}
+
+fn produce_fetch_across_shards_survives_a_restart_with(service: Service) {
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = Broker::start(dir.path(), 2);
+    let mut broker = Broker::start(dir.path(), 2, service);
     let mut client = Client::connect(broker.client);
     const PARTITIONS: i32 = 6;
     assert_eq!(
@@ -708,7 +732,7 @@ fn produce_fetch_across_shards_survives_a_restart() {
     assert!(matches!(poller.join().unwrap(), None | Some(1)));
 
     // Everything acknowledged is served after a restart.
-    let broker = Broker::start(dir.path(), 2);
+    let broker = Broker::start(dir.path(), 2, service);
     let mut client = Client::connect(broker.client);
     let shards_after: Vec<u16> = metadata(&mut client, "orders")
         .iter()
@@ -721,8 +745,17 @@ fn produce_fetch_across_shards_survives_a_restart() {
 
 #[test]
 fn bad_input_gets_its_error_and_others_are_still_served() {
+    bad_input_gets_its_error_and_others_are_still_served_with(Service::Raft);
+}
+
+#[test]
+fn bad_input_gets_its_error_and_others_are_still_served_without_raft() {
+    bad_input_gets_its_error_and_others_are_still_served_with(Service::Local);
+}
+
+fn bad_input_gets_its_error_and_others_are_still_served_with(service: Service) {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), 2);
+    let broker = Broker::start(dir.path(), 2, service);
     let mut healthy = Client::connect(broker.client);
     assert_eq!(create_topic(&mut healthy, "t", 2).0, ErrorCode::None);
     let good = make_batch(2, "good");
@@ -821,4 +854,178 @@ fn bad_input_gets_its_error_and_others_are_still_served() {
     still_served(&mut healthy);
     let (status, _) = http_get(broker.metrics, "/health").unwrap();
     assert_eq!(status, 200);
+}
+
+/// Like [`produce`], acks All, but `None` once the broker is gone (the
+/// connection fails) instead of panicking.
+fn try_produce(client: &mut Client, topic: &str, partition: i32, batch: &[u8]) -> Option<i64> {
+    let id = client.next_id;
+    client.next_id += 1;
+    let frame = request(id, Api::Produce, |b| {
+        let topic = b.create_string(topic);
+        let records = b.create_vector(batch);
+        let item = p::ProducePartition::create(
+            b,
+            &p::ProducePartitionArgs {
+                topic: Some(topic),
+                partition,
+                records: Some(records),
+            },
+        );
+        let items = b.create_vector(&[item]);
+        p::ProduceRequest::create(
+            b,
+            &p::ProduceRequestArgs {
+                acks: Acks::All,
+                timeout_ms: 10_000,
+                partitions: Some(items),
+            },
+        )
+        .as_union_value()
+    });
+    client.stream.write_all(&frame).ok()?;
+    let mut prefix = [0u8; 4];
+    client.stream.read_exact(&mut prefix).ok()?;
+    let mut bytes = prefix.to_vec();
+    bytes.resize(4 + u32::from_le_bytes(prefix) as usize, 0);
+    client.stream.read_exact(&mut bytes[4..]).ok()?;
+    let response = ResponseFrame::verify(Frame::copy_from_slice(&bytes).unwrap()).unwrap();
+    assert_eq!(response.correlation_id(), id);
+    assert_eq!(response.error_code(), ErrorCode::None);
+    let body = response.response().body_as_produce_response().unwrap();
+    let item = body.partitions().unwrap().get(0);
+    assert_eq!(
+        item.error_code(),
+        ErrorCode::None,
+        "{:?}",
+        item.error_message()
+    );
+    Some(item.base_offset())
+}
+
+/// Every batch of `partition` from offset 0, by base offset.
+fn fetch_all(client: &mut Client, topic: &str, partition: i32) -> BTreeMap<i64, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut offset = 0;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (code, hw, records) = fetch(client, topic, partition, offset, 0);
+        assert_eq!(code, ErrorCode::None);
+        if offset >= hw {
+            return out;
+        }
+        assert!(!records.is_empty(), "no records below the high watermark");
+        let mut rest = &records[..];
+        while !rest.is_empty() {
+            // Base offset (8 bytes), then the length of the rest (i32 BE).
+            let len = 12 + i32::from_be_bytes(rest[8..12].try_into().unwrap()) as usize;
+            let view = batch::RecordBatchView::parse(&rest[..len]).unwrap();
+            out.insert(view.base_offset(), rest[..len].to_vec());
+            offset = view.next_offset();
+            rest = &rest[len..];
+        }
+        assert!(Instant::now() < deadline, "fetching partition {partition}");
+    }
+}
+
+#[test]
+fn acked_records_survive_kill_9_during_a_produce_loop() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    const PARTITIONS: i32 = 4;
+    const ACKED_BEFORE_KILL: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(dir.path(), 2, Service::Raft);
+    let mut client = Client::connect(broker.client);
+    assert_eq!(
+        create_topic(&mut client, "acked", PARTITIONS).0,
+        ErrorCode::None
+    );
+    drop(client);
+
+    // Producers (one per partition) loop with acks All until the broker
+    // is gone, recording what was acknowledged where.
+    // (partition, base offset, batch as produced)
+    type Acked = Vec<(i32, i64, Vec<u8>)>;
+    let acked: Arc<Mutex<Acked>> = Arc::default();
+    let count = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let producers: Vec<_> = (0..PARTITIONS)
+        .map(|partition| {
+            let (acked, count, done) = (acked.clone(), count.clone(), done.clone());
+            let addr = broker.client;
+            std::thread::spawn(move || {
+                let mut client = Client::connect(addr);
+                for i in 0usize.. {
+                    if done.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let batch = make_batch(1 + i % 3, &format!("p{partition}n{i}"));
+                    let Some(base) = try_produce(&mut client, "acked", partition, &batch) else {
+                        return;
+                    };
+                    acked.lock().unwrap().push((partition, base, batch));
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + DEADLINE;
+    while count.load(Ordering::Relaxed) < ACKED_BEFORE_KILL {
+        assert!(
+            Instant::now() < deadline,
+            "only {} produces acknowledged:\n{}",
+            count.load(Ordering::Relaxed),
+            broker.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SIGKILL in the middle of the loop.
+    let mut child = broker.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    done.store(true, Ordering::Relaxed);
+    for producer in producers {
+        producer.join().unwrap();
+    }
+    let acked = std::mem::take(&mut *acked.lock().unwrap());
+    assert!(acked.len() >= ACKED_BEFORE_KILL);
+
+    let broker = Broker::start(dir.path(), 2, Service::Raft);
+    let mut client = Client::connect(broker.client);
+    let stored: Vec<BTreeMap<i64, Vec<u8>>> = (0..PARTITIONS)
+        .map(|partition| fetch_all(&mut client, "acked", partition))
+        .collect();
+    for (partition, base, batch) in &acked {
+        let found = stored[*partition as usize]
+            .get(base)
+            .unwrap_or_else(|| panic!("acked batch at {partition}/{base} lost"));
+        let epoch = batch::RecordBatchView::parse(found)
+            .unwrap()
+            .partition_leader_epoch();
+        let mut expected = batch.clone();
+        batch::stamp(&mut expected, *base, epoch);
+        assert_eq!(found, &expected, "batch at {partition}/{base}");
+    }
+    // A produce after the restart lands right after what survived.
+    for partition in 0..PARTITIONS {
+        let next = stored[partition as usize]
+            .iter()
+            .next_back()
+            .map_or(0, |(base, b)| {
+                base + i64::from(batch::RecordBatchView::parse(b).unwrap().offset_count())
+            });
+        let (code, base) = produce(&mut client, "acked", partition, &make_batch(1, "after"));
+        assert_eq!((code, base), (ErrorCode::None, next));
+        // Stamped with the leader's term: the restarted replica won a new
+        // election.
+        let after = fetch_all(&mut client, "acked", partition);
+        let epoch = |b: &Vec<u8>| {
+            batch::RecordBatchView::parse(b)
+                .unwrap()
+                .partition_leader_epoch()
+        };
+        assert!(epoch(&after[&base]) > after.get(&0).map_or(0, epoch));
+    }
 }

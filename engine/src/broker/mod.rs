@@ -8,8 +8,10 @@
 //! * [`router`]: the mesh messages and [`ShardRouter`], which runs a
 //!   partition operation on the owning shard.
 //! * [`service`]: [`PartitionService`], what a shard does with its
-//!   partitions, and [`LocalLogService`], the single-replica
-//!   implementation until the Raft layer takes over.
+//!   partitions, and [`LocalLogService`], the implementation without Raft
+//!   (`[raft] enabled = false`).
+//! * [`raft_service`]: [`RaftService`], the default implementation: each
+//!   partition a single-voter Raft group driven by its shard's loop.
 //! * [`topics`]: the topic metadata and its placement of partitions on
 //!   shards, owned by shard 0 until the controller Raft group exists.
 //!
@@ -21,6 +23,7 @@
 //! process with an error.
 
 pub mod handler;
+pub mod raft_service;
 pub mod router;
 pub mod service;
 pub mod shard;
@@ -34,6 +37,7 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
 pub use handler::BrokerHandler;
+pub use raft_service::RaftService;
 pub use router::{ShardMsg, ShardRouter};
 pub use service::{LocalLogService, PartitionService, ServiceError};
 pub use topics::{TopicStore, TopicsSnapshot};

@@ -2,10 +2,11 @@
 //! [`LocalLogService`], the single-replica implementation that appends
 //! straight to the shard log.
 //!
-//! The Raft layer implements [`PartitionService`] too (one Raft loop per
+//! The Raft layer implements [`PartitionService`] too
+//! ([`RaftService`](super::raft_service::RaftService): one Raft loop per
 //! shard over its partitions' `RawNode`s, writing through the same
-//! `ShardLog`) and replaces [`LocalLogService`]; the request handling and
-//! routing above it do not change.
+//! `ShardLog`), and serves by default; the request handling and routing
+//! above it do not depend on which one runs.
 //!
 //! Hot path (produce, fetch): one append or one read per item, no
 //! allocation per record.
@@ -133,6 +134,9 @@ pub trait PartitionService: 'static {
     /// The partitions this shard holds.
     fn partitions(&self) -> Vec<PartitionId>;
 
+    /// The shard log the partitions live in (statistics).
+    fn log(&self) -> &ShardLog;
+
     /// Ends every fetch waiting for data (each answers with what there
     /// is), now and from now on: the shard is stopping and must not wait
     /// out long-polls before it can close.
@@ -155,40 +159,228 @@ pub struct ProduceLimits {
 /// answered at once with what there is.
 pub const FETCH_WAITERS_MAX: usize = 4096;
 
-/// Durable end of a partition: what fetches may see.
-#[derive(Debug, Clone, Copy, Default)]
-struct Watermark {
-    offset: u64,
-    index: u64,
+/// Durable (committed) end of a partition: what fetches may see.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Watermark {
+    /// Offset after the last visible record.
+    pub(crate) offset: u64,
+    /// Raft index of the last visible entry.
+    pub(crate) index: u64,
+}
+
+/// What readers may see of each partition of a shard, and the fetches
+/// waiting for more: the part of fetch and list-offsets both services
+/// share. Shard view: owned by one shard.
+#[derive(Debug)]
+pub(crate) struct Visible {
+    marks: RefCell<HashMap<PartitionId, Watermark>>,
+    /// Notified when a watermark moves (long-poll waiters).
+    advanced: Event,
+    waiters: Cell<usize>,
+    /// Fetches no longer wait for data.
+    no_waits: Shutdown,
+}
+
+impl Visible {
+    pub(crate) fn new(marks: HashMap<PartitionId, Watermark>) -> Self {
+        Self {
+            marks: RefCell::new(marks),
+            advanced: Event::new(),
+            waiters: Cell::new(0),
+            no_waits: Shutdown::new(),
+        }
+    }
+
+    pub(crate) fn get(&self, partition: PartitionId) -> Result<Watermark, ServiceError> {
+        self.marks.borrow().get(&partition).copied().ok_or_else(|| {
+            ServiceError::new(ErrorCode::UnknownPartition, "partition not on this shard")
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.marks.borrow().len()
+    }
+
+    pub(crate) fn partitions(&self) -> Vec<PartitionId> {
+        self.marks.borrow().keys().copied().collect()
+    }
+
+    pub(crate) fn insert_if_absent(&self, partition: PartitionId, mark: Watermark) {
+        self.marks.borrow_mut().entry(partition).or_insert(mark);
+    }
+
+    /// Moves a partition's watermark forward (never back); returns whether
+    /// it moved. Call [`notify`](Self::notify) after a round of these.
+    pub(crate) fn raise(&self, partition: PartitionId, mark: Watermark) -> bool {
+        match self.marks.borrow_mut().get_mut(&partition) {
+            Some(current) if mark.offset > current.offset || mark.index > current.index => {
+                current.offset = current.offset.max(mark.offset);
+                current.index = current.index.max(mark.index);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn remove(&self, partition: PartitionId) {
+        self.marks.borrow_mut().remove(&partition);
+        // Waiters on the deleted partition find it gone.
+        self.notify();
+    }
+
+    /// Wakes the fetches waiting for data.
+    pub(crate) fn notify(&self) {
+        self.advanced.notify(usize::MAX);
+    }
+
+    pub(crate) fn end_waits(&self) {
+        self.no_waits.trigger();
+    }
+
+    /// Reads committed batches of `partition` from `log`.
+    pub(crate) async fn fetch(
+        &self,
+        log: &ShardLog,
+        partition: PartitionId,
+        args: FetchArgs,
+    ) -> Result<FetchResult, ServiceError> {
+        let offset = u64::try_from(args.offset).map_err(|_| {
+            ServiceError::new(
+                ErrorCode::OffsetOutOfRange,
+                format!("offset {} is negative", args.offset),
+            )
+        })?;
+        let mut waiting = false;
+        let result = loop {
+            let listener = self.advanced.listen();
+            let mark = self.get(partition)?;
+            let start = log.log_start_offset(partition).map_err(storage_error)?;
+            if offset < start || offset > mark.offset {
+                break Err(ServiceError::new(
+                    ErrorCode::OffsetOutOfRange,
+                    format!(
+                        "offset {offset} is outside [{start}, {}] (log start, high watermark)",
+                        mark.offset
+                    ),
+                ));
+            }
+            let base = FetchResult {
+                high_watermark: mark.offset as i64,
+                log_start_offset: start as i64,
+                records: Bytes::new(),
+            };
+            if offset < mark.offset {
+                let batches = log
+                    .read_from_offset(partition, offset, u64::from(args.max_bytes), mark.index)
+                    .await
+                    .map_err(storage_error)?;
+                let total: usize = batches.iter().map(|b| b.bytes.len()).sum();
+                let mut records = Vec::with_capacity(total);
+                for batch in &batches {
+                    records.extend_from_slice(&batch.bytes);
+                }
+                break Ok(FetchResult {
+                    records: Bytes::from(records),
+                    ..base
+                });
+            }
+            // Nothing new: wait for the watermark, a deadline or close.
+            let Some(deadline) = args.wait_until else {
+                break Ok(base);
+            };
+            if self.no_waits.is_triggered()
+                || Instant::now() >= deadline
+                || (!waiting && self.waiters.get() >= FETCH_WAITERS_MAX)
+            {
+                break Ok(base);
+            }
+            if !waiting {
+                waiting = true;
+                self.waiters.set(self.waiters.get() + 1);
+            }
+            let timer = async {
+                glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now()))
+                    .await;
+            };
+            futures_lite::future::or(
+                futures_lite::future::or(listener, timer),
+                self.no_waits.listen(),
+            )
+            .await;
+        };
+        if waiting {
+            self.waiters.set(self.waiters.get() - 1);
+        }
+        result
+    }
+
+    /// Looks up an offset of `partition` among what is visible.
+    pub(crate) fn list_offsets(
+        &self,
+        log: &ShardLog,
+        partition: PartitionId,
+        spec: OffsetSpec,
+        timestamp_ms: i64,
+    ) -> Result<ListOffsetsResult, ServiceError> {
+        let mark = self.get(partition)?;
+        let start = log.log_start_offset(partition).map_err(storage_error)?;
+        let none = ListOffsetsResult {
+            offset: -1,
+            timestamp_ms: -1,
+        };
+        match spec {
+            OffsetSpec::Earliest => Ok(ListOffsetsResult {
+                offset: start as i64,
+                ..none
+            }),
+            OffsetSpec::Latest => Ok(ListOffsetsResult {
+                offset: mark.offset as i64,
+                ..none
+            }),
+            OffsetSpec::Timestamp => {
+                let found = log
+                    .offset_for_timestamp(partition, timestamp_ms)
+                    .map_err(storage_error)?;
+                Ok(match found {
+                    // Only what is durable is visible.
+                    Some(offset) if offset < mark.offset => ListOffsetsResult {
+                        offset: offset as i64,
+                        ..none
+                    },
+                    _ => none,
+                })
+            }
+            other => Err(ServiceError::new(
+                ErrorCode::InvalidRequest,
+                format!("unknown offset spec {}", other.0),
+            )),
+        }
+    }
 }
 
 /// The single-replica partition service: appends straight to the shard
 /// log, with no replication. Acks All appends then syncs; acks Leader and
 /// None append and let the background flusher sync. The high watermark is
 /// what is synced, so a fetch never sees a record a crash could lose.
-/// The Raft-backed service replaces it. Shard view: owned by one shard.
+/// Kept beside the Raft-backed service (`[raft] enabled = false`). Shard
+/// view: owned by one shard.
 #[derive(Debug)]
 pub struct LocalLogService {
     log: ShardLog,
     limits: ProduceLimits,
     /// Durable end per partition.
-    watermarks: RefCell<HashMap<PartitionId, Watermark>>,
+    visible: Visible,
     /// Appended end per partition not yet known durable.
     pending: RefCell<HashMap<PartitionId, Watermark>>,
-    /// Notified when a watermark moves (long-poll waiters).
-    advanced: Event,
     /// Notified when there is something to sync for the flusher.
     dirty: Event,
-    waiters: Cell<usize>,
     /// Serialises appends: an append picks the next Raft index before it
     /// may wait for staging space.
     append_lock: glommio::sync::Semaphore,
-    /// Fetches no longer wait for data.
-    no_waits: Shutdown,
     closing: Shutdown,
 }
 
-fn storage_error(error: StorageError) -> ServiceError {
+pub(crate) fn storage_error(error: StorageError) -> ServiceError {
     match error {
         StorageError::UnknownPartition(_) => ServiceError::new(
             ErrorCode::UnknownPartition,
@@ -204,11 +396,42 @@ fn storage_error(error: StorageError) -> ServiceError {
     }
 }
 
-fn batch_error(error: BatchError) -> ServiceError {
+pub(crate) fn batch_error(error: BatchError) -> ServiceError {
     ServiceError::new(
         ErrorCode::CorruptBatch,
         format!("invalid record batch: {error}"),
     )
+}
+
+/// Checks a produced batch against `limits` before anything stores it.
+pub(crate) fn check_batch(limits: &ProduceLimits, batch: &[u8]) -> Result<(), ServiceError> {
+    if batch.len() > limits.batch_bytes_max {
+        return Err(ServiceError::new(
+            ErrorCode::BatchTooLarge,
+            format!(
+                "batch of {} bytes exceeds batch_bytes_max {}",
+                batch.len(),
+                limits.batch_bytes_max
+            ),
+        ));
+    }
+    let view = RecordBatchView::parse_verified(batch).map_err(batch_error)?;
+    if view.compression() == 0 {
+        for record in view.records() {
+            let record = record.map_err(batch_error)?;
+            if record.encoded_bytes() > limits.record_bytes_max {
+                return Err(ServiceError::new(
+                    ErrorCode::RecordTooLarge,
+                    format!(
+                        "record of {} bytes exceeds record_bytes_max {}",
+                        record.encoded_bytes(),
+                        limits.record_bytes_max
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl LocalLogService {
@@ -224,13 +447,10 @@ impl LocalLogService {
         Rc::new(Self {
             log,
             limits,
-            watermarks: RefCell::new(watermarks),
+            visible: Visible::new(watermarks),
             pending: RefCell::new(HashMap::new()),
-            advanced: Event::new(),
             dirty: Event::new(),
-            waiters: Cell::new(0),
             append_lock: glommio::sync::Semaphore::new(1),
-            no_waits: Shutdown::new(),
             closing: Shutdown::new(),
         })
     }
@@ -276,58 +496,12 @@ impl LocalLogService {
             return Err(storage_error(error));
         }
         if !covered.is_empty() {
-            let mut watermarks = self.watermarks.borrow_mut();
             for (id, mark) in covered {
-                if let Some(current) = watermarks.get_mut(&id) {
-                    if mark.offset > current.offset {
-                        *current = mark;
-                    }
-                }
+                self.visible.raise(id, mark);
             }
-            drop(watermarks);
-            self.advanced.notify(usize::MAX);
+            self.visible.notify();
         }
         Ok(())
-    }
-
-    fn check_batch(&self, batch: &[u8]) -> Result<(), ServiceError> {
-        if batch.len() > self.limits.batch_bytes_max {
-            return Err(ServiceError::new(
-                ErrorCode::BatchTooLarge,
-                format!(
-                    "batch of {} bytes exceeds batch_bytes_max {}",
-                    batch.len(),
-                    self.limits.batch_bytes_max
-                ),
-            ));
-        }
-        let view = RecordBatchView::parse_verified(batch).map_err(batch_error)?;
-        if view.compression() == 0 {
-            for record in view.records() {
-                let record = record.map_err(batch_error)?;
-                if record.encoded_bytes() > self.limits.record_bytes_max {
-                    return Err(ServiceError::new(
-                        ErrorCode::RecordTooLarge,
-                        format!(
-                            "record of {} bytes exceeds record_bytes_max {}",
-                            record.encoded_bytes(),
-                            self.limits.record_bytes_max
-                        ),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn watermark(&self, partition: PartitionId) -> Result<Watermark, ServiceError> {
-        self.watermarks
-            .borrow()
-            .get(&partition)
-            .copied()
-            .ok_or_else(|| {
-                ServiceError::new(ErrorCode::UnknownPartition, "partition not on this shard")
-            })
     }
 }
 
@@ -344,8 +518,8 @@ impl PartitionService for LocalLogService {
                 "the shard is stopping",
             ));
         }
-        self.watermark(partition)?;
-        self.check_batch(&batch)?;
+        self.visible.get(partition)?;
+        check_batch(&self.limits, &batch)?;
         let permit = self.append_lock.acquire_permit(1).await.map_err(|_| {
             ServiceError::new(ErrorCode::BrokerShuttingDown, "the shard is stopping")
         })?;
@@ -390,78 +564,7 @@ impl PartitionService for LocalLogService {
         partition: PartitionId,
         args: FetchArgs,
     ) -> Result<FetchResult, ServiceError> {
-        let offset = u64::try_from(args.offset).map_err(|_| {
-            ServiceError::new(
-                ErrorCode::OffsetOutOfRange,
-                format!("offset {} is negative", args.offset),
-            )
-        })?;
-        let mut waiting = false;
-        let result = loop {
-            let listener = self.advanced.listen();
-            let mark = self.watermark(partition)?;
-            let start = self
-                .log
-                .log_start_offset(partition)
-                .map_err(storage_error)?;
-            if offset < start || offset > mark.offset {
-                break Err(ServiceError::new(
-                    ErrorCode::OffsetOutOfRange,
-                    format!(
-                        "offset {offset} is outside [{start}, {}] (log start, high watermark)",
-                        mark.offset
-                    ),
-                ));
-            }
-            let base = FetchResult {
-                high_watermark: mark.offset as i64,
-                log_start_offset: start as i64,
-                records: Bytes::new(),
-            };
-            if offset < mark.offset {
-                let batches = self
-                    .log
-                    .read_from_offset(partition, offset, u64::from(args.max_bytes), mark.index)
-                    .await
-                    .map_err(storage_error)?;
-                let total: usize = batches.iter().map(|b| b.bytes.len()).sum();
-                let mut records = Vec::with_capacity(total);
-                for batch in &batches {
-                    records.extend_from_slice(&batch.bytes);
-                }
-                break Ok(FetchResult {
-                    records: Bytes::from(records),
-                    ..base
-                });
-            }
-            // Nothing new: wait for the watermark, a deadline or close.
-            let Some(deadline) = args.wait_until else {
-                break Ok(base);
-            };
-            if self.no_waits.is_triggered()
-                || Instant::now() >= deadline
-                || (!waiting && self.waiters.get() >= FETCH_WAITERS_MAX)
-            {
-                break Ok(base);
-            }
-            if !waiting {
-                waiting = true;
-                self.waiters.set(self.waiters.get() + 1);
-            }
-            let timer = async {
-                glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now()))
-                    .await;
-            };
-            futures_lite::future::or(
-                futures_lite::future::or(listener, timer),
-                self.no_waits.listen(),
-            )
-            .await;
-        };
-        if waiting {
-            self.waiters.set(self.waiters.get() - 1);
-        }
-        result
+        self.visible.fetch(&self.log, partition, args).await
     }
 
     async fn list_offsets(
@@ -470,43 +573,8 @@ impl PartitionService for LocalLogService {
         spec: OffsetSpec,
         timestamp_ms: i64,
     ) -> Result<ListOffsetsResult, ServiceError> {
-        let mark = self.watermark(partition)?;
-        let start = self
-            .log
-            .log_start_offset(partition)
-            .map_err(storage_error)?;
-        let none = ListOffsetsResult {
-            offset: -1,
-            timestamp_ms: -1,
-        };
-        match spec {
-            OffsetSpec::Earliest => Ok(ListOffsetsResult {
-                offset: start as i64,
-                ..none
-            }),
-            OffsetSpec::Latest => Ok(ListOffsetsResult {
-                offset: mark.offset as i64,
-                ..none
-            }),
-            OffsetSpec::Timestamp => {
-                let found = self
-                    .log
-                    .offset_for_timestamp(partition, timestamp_ms)
-                    .map_err(storage_error)?;
-                Ok(match found {
-                    // Only what is durable is visible.
-                    Some(offset) if offset < mark.offset => ListOffsetsResult {
-                        offset: offset as i64,
-                        ..none
-                    },
-                    _ => none,
-                })
-            }
-            other => Err(ServiceError::new(
-                ErrorCode::InvalidRequest,
-                format!("unknown offset spec {}", other.0),
-            )),
-        }
+        self.visible
+            .list_offsets(&self.log, partition, spec, timestamp_ms)
     }
 
     async fn create_partition(&self, partition: PartitionId) -> Result<(), ServiceError> {
@@ -515,29 +583,30 @@ impl PartitionService for LocalLogService {
             .await
             .map_err(storage_error)?;
         self.log.sync().await.map_err(storage_error)?;
-        let mut watermarks = self.watermarks.borrow_mut();
-        watermarks.entry(partition).or_insert_with(|| Watermark {
-            offset: self.log.next_offset(partition).unwrap_or(0),
-            index: self.log.last_index(partition).unwrap_or(0),
-        });
+        self.visible.insert_if_absent(
+            partition,
+            Watermark {
+                offset: self.log.next_offset(partition).unwrap_or(0),
+                index: self.log.last_index(partition).unwrap_or(0),
+            },
+        );
         Ok(())
     }
 
     async fn delete_partition(&self, partition: PartitionId) -> Result<(), ServiceError> {
-        self.watermarks.borrow_mut().remove(&partition);
         self.pending.borrow_mut().remove(&partition);
+        self.visible.remove(partition);
         match self.log.remove_partition(partition).await {
             Ok(()) | Err(StorageError::UnknownPartition(_)) => {}
             Err(error) => return Err(storage_error(error)),
         }
         self.log.sync().await.map_err(storage_error)?;
-        // Waiters on the deleted partition find it gone.
-        self.advanced.notify(usize::MAX);
+        self.visible.notify();
         Ok(())
     }
 
     fn counts(&self) -> (u64, u64) {
-        let n = self.watermarks.borrow().len() as u64;
+        let n = self.visible.len() as u64;
         (n, n)
     }
 
@@ -545,12 +614,16 @@ impl PartitionService for LocalLogService {
         self.log.partitions()
     }
 
+    fn log(&self) -> &ShardLog {
+        &self.log
+    }
+
     fn end_waits(&self) {
-        self.no_waits.trigger();
+        self.visible.end_waits();
     }
 
     async fn close(&self) -> Result<(), ServiceError> {
-        self.no_waits.trigger();
+        self.visible.end_waits();
         self.closing.trigger();
         self.dirty.notify(usize::MAX);
         self.sync_and_publish().await?;

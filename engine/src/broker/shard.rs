@@ -23,11 +23,12 @@ use std::time::Duration;
 
 use event_listener::Event;
 use futures_channel::oneshot;
-use glommio::channels::channel_mesh::{Full, MeshBuilder};
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use shardmq_net::{listen, ConnLimits, Shutdown};
 use shardmq_storage::{PartitionId, ShardLog};
 
 use super::handler::BrokerHandler;
+use super::raft_service::RaftService;
 use super::router::{execute, AdminOp, ShardMsg, ShardRouter};
 use super::service::{LocalLogService, PartitionService, ProduceLimits, ServiceError};
 use super::topics::{TopicStore, TopicsSnapshot};
@@ -300,7 +301,7 @@ pub async fn run_shard(start: ShardStart) -> Result<(), ShardError> {
     } = start;
     let fail = |what: String| ShardError { shard, what };
     let shards = mesh.nr_peers();
-    let (senders, mut receivers) = mesh
+    let (senders, receivers) = mesh
         .join()
         .await
         .map_err(|error| fail(format!("cannot join the shard mesh: {error}")))?;
@@ -321,15 +322,68 @@ pub async fn run_shard(start: ShardStart) -> Result<(), ShardError> {
         elapsed_ms = report.elapsed_ms,
         "shard log recovered"
     );
-    let service = LocalLogService::new(
-        log.clone(),
-        ProduceLimits {
-            batch_bytes_max: config.limits.batch_bytes_max,
-            record_bytes_max: config.limits.record_bytes_max,
-        },
-    );
-    let flusher = glommio::spawn_local(service.clone().run_flusher());
+    let limits = ProduceLimits {
+        batch_bytes_max: config.limits.batch_bytes_max,
+        record_bytes_max: config.limits.record_bytes_max,
+    };
+    let serving = Serving {
+        shard,
+        config: config.clone(),
+        metrics,
+        stop,
+        ready,
+        senders,
+        receivers,
+        shards,
+    };
+    tracing::info!(shard, raft = config.raft.enabled, "partition service");
+    if config.raft.enabled {
+        let service = RaftService::open(log, config.broker.node_id, &config.raft, limits)
+            .await
+            .map_err(|error| fail(format!("cannot open the raft groups: {error}")))?;
+        let driver = glommio::spawn_local(service.clone().run());
+        service
+            .wait_leading()
+            .await
+            .map_err(|error| fail(format!("the partitions do not lead again: {error}")))?;
+        serve(serving, service, driver).await
+    } else {
+        let service = LocalLogService::new(log, limits);
+        let flusher = glommio::spawn_local(service.clone().run_flusher());
+        serve(serving, service, flusher).await
+    }
+}
 
+/// What a shard whose log is open needs to serve.
+struct Serving {
+    shard: u16,
+    config: Config,
+    metrics: Arc<ShardMetrics>,
+    stop: oneshot::Receiver<()>,
+    ready: Box<dyn FnOnce() + Send>,
+    senders: Senders<ShardMsg>,
+    receivers: Receivers<ShardMsg>,
+    shards: usize,
+}
+
+/// Serves with `service` (whose background task is `background`) until
+/// the stop signal, then stops cleanly.
+async fn serve<S: PartitionService>(
+    serving: Serving,
+    service: Rc<S>,
+    background: glommio::Task<()>,
+) -> Result<(), ShardError> {
+    let Serving {
+        shard,
+        config,
+        metrics,
+        stop,
+        ready,
+        senders,
+        mut receivers,
+        shards,
+    } = serving;
+    let fail = |what: String| ShardError { shard, what };
     let store = if shard == 0 {
         Some(RefCell::new(
             TopicStore::open(
@@ -480,7 +534,7 @@ pub async fn run_shard(start: ShardStart) -> Result<(), ShardError> {
         .close()
         .await
         .map_err(|error| fail(format!("cannot sync the shard log on stop: {error}")))?;
-    flusher.await;
+    background.await;
     copy_storage_stats(ctx.service.log(), &ctx.metrics);
     tracing::info!(shard, "stopped");
     Ok(())

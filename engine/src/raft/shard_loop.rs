@@ -322,6 +322,20 @@ impl<T: Transport> ShardLoop<T> {
         Ok(())
     }
 
+    /// Drops `partition`'s replica; its produce waiters resolve with an
+    /// error. Call it between iterations, never while
+    /// [`process`](Self::process) runs. Returns whether it was there.
+    pub fn remove_replica(&self, partition: PartitionId) -> bool {
+        let removed = self.slots.borrow_mut().remove(&partition);
+        self.inbox.borrow_mut().retain(|(p, _)| *p != partition);
+        removed.is_some()
+    }
+
+    /// The partitions with a replica here.
+    pub fn partitions(&self) -> Vec<PartitionId> {
+        self.slots.borrow().keys().copied().collect()
+    }
+
     /// Runs `f` on a replica (status queries).
     pub fn with_replica<R>(
         &self,
@@ -581,6 +595,19 @@ impl<T: Transport> ShardLoop<T> {
                 .borrow()
                 .values()
                 .any(|s| s.campaign || s.replica.has_ready())
+    }
+
+    /// Wakes a task waiting in [`wait_for_input`](Self::wait_for_input)
+    /// (or [`run`](Self::run)).
+    pub fn wake(&self) {
+        self.wakeup.notify();
+    }
+
+    /// Waits until input arrives (a message, a proposal, a campaign, a
+    /// [`wake`](Self::wake)) or `timeout` passes. One waiter at a time: the
+    /// task driving the loop.
+    pub async fn wait_for_input(&self, timeout: Duration) {
+        self.wakeup.wait(timeout).await
     }
 
     /// Runs iterations until `stop` is set, ticking every
