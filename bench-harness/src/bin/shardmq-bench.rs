@@ -1,0 +1,548 @@
+//! `shardmq-bench`: a load generator for a running broker, through the SDK.
+//!
+//! * `produce`: K producers send fixed-size records round-robin over the
+//!   topic's partitions and record the publish latency (enqueue to ack).
+//! * `consume`: one consumer reads every partition from the earliest offset
+//!   and records the end-to-end latency (now minus the timestamp in the
+//!   record's value).
+//! * `e2e`: both at once.
+//!
+//! Every record's value starts with its send time (u64 big-endian, ns since
+//! the UNIX epoch), then zero padding up to `--size`. With `--rate` each send
+//! is scheduled at its intended time and latencies are measured from that
+//! time, so a stalled broker is charged for the sends it delayed (no
+//! coordinated omission).
+
+use std::error::Error;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{ArgGroup, Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use shardmq_client::{
+    Acks, Admin, ClientConfig, Consumer, ConsumerConfig, ErrorCode, Partitioner, Producer,
+    ProducerConfig, ProducerRecord, SeekTo,
+};
+use tokio::sync::mpsc;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// Largest latency the histograms hold (1 hour in µs); larger values are
+/// clamped to it.
+const LATENCY_MAX_US: u64 = 3_600_000_000;
+
+/// How long the e2e consumer keeps reading after the producers finished.
+const DRAIN_GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// Only produce, measuring publish latency.
+    Produce,
+    /// Only consume, measuring end-to-end latency from the value's timestamp.
+    Consume,
+    /// Produce and consume at once.
+    E2e,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AcksArg {
+    /// A majority of the partition's replicas has the batch.
+    All,
+    /// The leader appended the batch.
+    Leader,
+    /// No acknowledgement: a record counts as sent once written to the socket.
+    None,
+}
+
+impl From<AcksArg> for Acks {
+    fn from(acks: AcksArg) -> Self {
+        match acks {
+            AcksArg::All => Acks::All,
+            AcksArg::Leader => Acks::Leader,
+            AcksArg::None => Acks::None,
+        }
+    }
+}
+
+/// Load generator for a shardmq broker.
+#[derive(Debug, Parser)]
+#[command(name = "shardmq-bench", version)]
+#[command(group(ArgGroup::new("amount").required(true).args(["messages", "duration"])))]
+struct Args {
+    /// What to run: produce, consume, or e2e (both at once).
+    #[arg(value_enum)]
+    mode: Mode,
+    /// Address of a broker to bootstrap from (HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT")]
+    bootstrap: String,
+    /// Topic to use; created (replication factor 1) when missing.
+    #[arg(long)]
+    topic: String,
+    /// Partitions of the topic when it is created.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..))]
+    partitions: i32,
+    /// Size of each record's value in bytes (at least 8, for the timestamp).
+    #[arg(long, value_name = "BYTES", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(8..))]
+    size: u64,
+    /// Total number of messages to produce and/or consume.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    messages: Option<u64>,
+    /// Run for this many seconds instead of a fixed number of messages.
+    #[arg(long, value_name = "S")]
+    duration: Option<f64>,
+    /// Target send rate in messages per second over all producers
+    /// (open loop; latency measured from each send's intended time).
+    /// Without it, producers send as fast as the producer queues accept.
+    #[arg(long, value_name = "MSG_PER_S")]
+    rate: Option<f64>,
+    /// Number of concurrent producers (each with its own connections).
+    #[arg(long, value_name = "K", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    producers: u64,
+    /// Acknowledgement level of produce requests.
+    #[arg(long, value_enum, default_value_t = AcksArg::All)]
+    acks: AcksArg,
+}
+
+/// When to stop.
+#[derive(Debug, Clone, Copy)]
+enum Amount {
+    Messages(u64),
+    Duration(Duration),
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    /// Records acknowledged (or written, with acks none).
+    acked: AtomicU64,
+    /// Records that failed to enqueue or to be acknowledged.
+    failed: AtomicU64,
+    /// Records consumed.
+    consumed: AtomicU64,
+    /// Set once every producer finished and every delivery resolved.
+    producers_done: AtomicBool,
+    /// First error seen by a producer, reported at the end.
+    first_error: Mutex<Option<String>>,
+}
+
+impl Counters {
+    fn fail(&self, error: impl std::fmt::Display) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            *first = Some(error.to_string());
+        }
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("valid histogram bounds")
+}
+
+fn epoch_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+#[derive(Debug)]
+struct Summary {
+    messages: u64,
+    elapsed: Duration,
+    /// Value bytes of those messages.
+    bytes: u64,
+}
+
+impl Summary {
+    fn print(&self, what: &str) {
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        let rate = self.messages as f64 / secs;
+        let mbps = self.bytes as f64 / secs / 1e6;
+        println!(
+            "{what}: messages {}, elapsed {:.3} s, {:.0} msg/s, {:.2} MB/s",
+            self.messages, secs, rate, mbps
+        );
+    }
+}
+
+fn print_latency(what: &str, h: &Histogram<u64>) {
+    if h.is_empty() {
+        println!("{what} latency (us): no samples");
+        return;
+    }
+    println!(
+        "{what} latency (us): p50 {} p99 {} p99.9 {} p99.99 {} max {} (samples {})",
+        h.value_at_quantile(0.50),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+        h.value_at_quantile(0.9999),
+        h.max(),
+        h.len()
+    );
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("shardmq-bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    let amount = match (args.messages, args.duration) {
+        (Some(n), _) => Amount::Messages(n),
+        (None, Some(s)) if s.is_finite() && s > 0.0 => Amount::Duration(Duration::from_secs_f64(s)),
+        _ => return Err("--duration must be a positive number of seconds".into()),
+    };
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err("--rate must be a positive number".into());
+        }
+    }
+    let client = ClientConfig::new([args.bootstrap.clone()]);
+
+    let admin = Admin::connect(client.clone()).await?;
+    match admin.create_topic(&args.topic, args.partitions, 1).await {
+        Ok(()) => eprintln!(
+            "created topic {} with {} partitions",
+            args.topic, args.partitions
+        ),
+        Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {
+            eprintln!("topic {} already exists", args.topic)
+        }
+        Err(e) => return Err(e.into()),
+    }
+
+    let counters = Arc::new(Counters::default());
+    let run_start = Instant::now();
+    let progress = tokio::spawn(progress(args.mode, Arc::clone(&counters), run_start));
+
+    let produce = matches!(args.mode, Mode::Produce | Mode::E2e);
+    let consume = matches!(args.mode, Mode::Consume | Mode::E2e);
+
+    let consumer_task = consume.then(|| {
+        tokio::spawn(consume_all(
+            client.clone(),
+            args.topic.clone(),
+            amount,
+            args.mode == Mode::E2e,
+            Arc::clone(&counters),
+        ))
+    });
+    let produced = if produce {
+        Some(produce_all(&args, client, amount, Arc::clone(&counters)).await?)
+    } else {
+        None
+    };
+    counters.producers_done.store(true, Ordering::Release);
+    let consumed = match consumer_task {
+        Some(task) => Some(task.await??),
+        None => None,
+    };
+    progress.abort();
+
+    if let Some((summary, hist)) = &produced {
+        summary.print("produce");
+        let failed = counters.failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            let first = counters
+                .first_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_default();
+            println!("produce: {failed} records failed (first error: {first})");
+        }
+        print_latency("publish", hist);
+    }
+    if let Some((summary, hist)) = &consumed {
+        summary.print("consume");
+        print_latency("e2e", hist);
+    }
+    Ok(())
+}
+
+/// Prints a progress line on stderr every second.
+async fn progress(mode: Mode, counters: Arc<Counters>, start: Instant) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let (mut last_acked, mut last_consumed) = (0u64, 0u64);
+    let mut last = Instant::now();
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let dt = now.duration_since(last).as_secs_f64().max(1e-9);
+        let total = now.duration_since(start).as_secs_f64().max(1e-9);
+        let acked = counters.acked.load(Ordering::Relaxed);
+        let consumed = counters.consumed.load(Ordering::Relaxed);
+        let mut line = format!("[{total:6.1} s]");
+        if mode != Mode::Consume {
+            line += &format!(
+                " produced {acked} ({:.0} msg/s now, {:.0} msg/s avg)",
+                (acked - last_acked) as f64 / dt,
+                acked as f64 / total
+            );
+            let failed = counters.failed.load(Ordering::Relaxed);
+            if failed > 0 {
+                line += &format!(" failed {failed}");
+            }
+        }
+        if mode != Mode::Produce {
+            line += &format!(
+                " consumed {consumed} ({:.0} msg/s now, {:.0} msg/s avg)",
+                (consumed - last_consumed) as f64 / dt,
+                consumed as f64 / total
+            );
+        }
+        eprintln!("{line}");
+        (last_acked, last_consumed, last) = (acked, consumed, now);
+    }
+}
+
+/// Runs the producers; returns the summary of acknowledged records and the
+/// publish latency histogram (µs).
+async fn produce_all(
+    args: &Args,
+    client: ClientConfig,
+    amount: Amount,
+    counters: Arc<Counters>,
+) -> Result<(Summary, Histogram<u64>), BoxError> {
+    let config = ProducerConfig {
+        acks: args.acks.into(),
+        partitioner: Partitioner::RoundRobin,
+        ..ProducerConfig::default()
+    };
+    let k = args.producers;
+    let mut producers = Vec::with_capacity(k as usize);
+    for _ in 0..k {
+        let producer = Producer::connect(client.clone(), config.clone()).await?;
+        // Load the topic's metadata before the clock starts.
+        producer.client().topic(&args.topic).await?;
+        producers.push(producer);
+    }
+
+    let (lat_tx, mut lat_rx) = mpsc::unbounded_channel::<u64>();
+    let collector = tokio::spawn(async move {
+        let mut hist = new_histogram();
+        while let Some(us) = lat_rx.recv().await {
+            hist.saturating_record(us);
+        }
+        hist
+    });
+
+    // One clock for all producers: `start` and the wall time at `start`.
+    let start = Instant::now();
+    let start_epoch_ns = epoch_ns();
+    let last_ack_ns = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(k as usize);
+    for (i, producer) in producers.into_iter().enumerate() {
+        let i = i as u64;
+        let share = match amount {
+            Amount::Messages(n) => Some(n / k + u64::from(i < n % k)),
+            Amount::Duration(_) => None,
+        };
+        let deadline = match amount {
+            Amount::Duration(d) => Some(start + d),
+            Amount::Messages(_) => None,
+        };
+        let job = ProducerJob {
+            producer,
+            topic: args.topic.clone(),
+            size: args.size as usize,
+            // Producer i sends the global sequence numbers i, i+k, i+2k, ...
+            // and sequence number s is due at start + s / rate.
+            rate: args.rate,
+            index: i,
+            stride: k,
+            share,
+            deadline,
+            start,
+            start_epoch_ns,
+            lat_tx: lat_tx.clone(),
+            counters: Arc::clone(&counters),
+            last_ack_ns: Arc::clone(&last_ack_ns),
+        };
+        tasks.push(tokio::spawn(job.run()));
+    }
+    drop(lat_tx);
+    for task in tasks {
+        task.await?;
+    }
+    // Every delivery task holds a sender: this ends once all resolved.
+    let hist = collector.await?;
+    let elapsed = Duration::from_nanos(last_ack_ns.load(Ordering::Acquire));
+    let messages = counters.acked.load(Ordering::Acquire);
+    let summary = Summary {
+        messages,
+        elapsed,
+        bytes: messages * args.size,
+    };
+    Ok((summary, hist))
+}
+
+#[derive(Debug)]
+struct ProducerJob {
+    producer: Producer,
+    topic: String,
+    size: usize,
+    rate: Option<f64>,
+    index: u64,
+    stride: u64,
+    share: Option<u64>,
+    deadline: Option<Instant>,
+    start: Instant,
+    start_epoch_ns: u64,
+    lat_tx: mpsc::UnboundedSender<u64>,
+    counters: Arc<Counters>,
+    last_ack_ns: Arc<AtomicU64>,
+}
+
+impl ProducerJob {
+    async fn run(self) {
+        let mut sent = 0u64;
+        loop {
+            if self.share.is_some_and(|n| sent >= n) {
+                break;
+            }
+            // The moment this send is due (open loop) or now (closed loop).
+            let intended = match self.rate {
+                Some(rate) => {
+                    let seq = sent * self.stride + self.index;
+                    let due = self.start + Duration::from_secs_f64(seq as f64 / rate);
+                    if self.deadline.is_some_and(|d| due >= d) {
+                        break;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                    due
+                }
+                None => {
+                    let now = Instant::now();
+                    if self.deadline.is_some_and(|d| now >= d) {
+                        break;
+                    }
+                    now
+                }
+            };
+            sent += 1;
+            let ts = self.start_epoch_ns + intended.duration_since(self.start).as_nanos() as u64;
+            let mut value = vec![0u8; self.size];
+            value[..8].copy_from_slice(&ts.to_be_bytes());
+            let record = ProducerRecord::new(self.topic.clone(), value);
+            let delivery = match self.producer.enqueue(record).await {
+                Ok(delivery) => delivery,
+                Err(e) => {
+                    self.counters.fail(e);
+                    continue;
+                }
+            };
+            let lat_tx = self.lat_tx.clone();
+            let counters = Arc::clone(&self.counters);
+            let last_ack_ns = Arc::clone(&self.last_ack_ns);
+            let start = self.start;
+            tokio::spawn(async move {
+                match delivery.await {
+                    Ok(_) => {
+                        let acked_at = Instant::now();
+                        let us = acked_at.duration_since(intended).as_micros() as u64;
+                        let _ = lat_tx.send(us);
+                        counters.acked.fetch_add(1, Ordering::Relaxed);
+                        let since_start = acked_at.duration_since(start).as_nanos() as u64;
+                        last_ack_ns.fetch_max(since_start, Ordering::AcqRel);
+                    }
+                    Err(e) => counters.fail(e),
+                }
+            });
+        }
+        self.producer.close().await;
+    }
+}
+
+/// Reads every partition from the earliest offset; returns the summary and
+/// the end-to-end latency histogram (µs).
+async fn consume_all(
+    client: ClientConfig,
+    topic: String,
+    amount: Amount,
+    e2e: bool,
+    counters: Arc<Counters>,
+) -> Result<(Summary, Histogram<u64>), BoxError> {
+    let config = ConsumerConfig {
+        start: SeekTo::Earliest,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::connect(client, config).await?;
+    consumer.assign_all(&topic).await?;
+    let mut hist = new_histogram();
+    let mut bytes = 0u64;
+    let start = Instant::now();
+    let mut last_at = start;
+    let mut done_at: Option<Instant> = None;
+    let mut consumed = 0u64;
+    loop {
+        if let Amount::Messages(n) = amount {
+            if consumed >= n {
+                break;
+            }
+        }
+        let now = Instant::now();
+        if e2e {
+            // Stop once everything the producers got acknowledged was read.
+            if counters.producers_done.load(Ordering::Acquire) {
+                let done = *done_at.get_or_insert(now);
+                if consumed >= counters.acked.load(Ordering::Acquire) {
+                    break;
+                }
+                if now.duration_since(done) > DRAIN_GRACE {
+                    eprintln!("gave up waiting for the last records");
+                    break;
+                }
+            }
+        } else if let Amount::Duration(d) = amount {
+            if now >= start + d {
+                break;
+            }
+        }
+        let records = match consumer.poll(Duration::from_millis(200)).await {
+            Ok(records) => records,
+            Err(e) if e.is_retriable() => {
+                eprintln!("poll: {e} (retrying)");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if records.is_empty() {
+            continue;
+        }
+        let now_ns = epoch_ns();
+        last_at = Instant::now();
+        for record in &records {
+            let Some(value) = record.value.as_deref() else {
+                continue;
+            };
+            bytes += value.len() as u64;
+            if let Some(ts) = value.get(..8) {
+                let ts = u64::from_be_bytes(ts.try_into().expect("8 bytes"));
+                hist.saturating_record(now_ns.saturating_sub(ts) / 1_000);
+            }
+        }
+        consumed += records.len() as u64;
+        counters
+            .consumed
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+    }
+    let summary = Summary {
+        messages: consumed,
+        elapsed: last_at.duration_since(start),
+        bytes,
+    };
+    Ok((summary, hist))
+}
