@@ -36,9 +36,22 @@ fn broker_binary() -> PathBuf {
     profile_dir.join("shardmq-broker")
 }
 
+/// A port below the kernel's ephemeral range (32768 and up), free when
+/// picked. The broker binds with SO_REUSEPORT, so a port the kernel handed
+/// to another broker's shard (bind to port 0) could otherwise be shared
+/// silently with it; ports here are never handed out that way. Each test
+/// process takes its own block of 20 ports, by pid.
 fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let block = 20_000 + (std::process::id() % 600) as u16 * 20;
+    for _ in 0..20 {
+        let port = block + NEXT.fetch_add(1, Ordering::Relaxed) % 20;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {block}..{}", block + 20);
 }
 
 /// A broker process on free ports in a temporary directory, killed on drop.
