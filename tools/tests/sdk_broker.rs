@@ -1,11 +1,12 @@
 //! The SDK (`shardmq_client`) against a real broker process: concurrent
 //! producers with many records in flight, read back by one consumer.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::Broker;
 
 use shardmq_client::{
     Acks, Admin, ClientConfig, Consumer, ConsumerConfig, Partitioner, Producer, ProducerConfig,
@@ -17,90 +18,6 @@ const PARTITIONS: i32 = 8;
 const PRODUCERS: u32 = 4;
 const PER_PRODUCER: u32 = 25_000;
 const TOTAL: usize = (PRODUCERS * PER_PRODUCER) as usize;
-
-/// Builds the broker binary next to this crate's binary and returns its path.
-fn broker_binary() -> PathBuf {
-    let ctl = Path::new(env!("CARGO_BIN_EXE_shardmqctl"));
-    let profile_dir = ctl.parent().expect("binary directory");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut build = Command::new(cargo);
-    build.args(["build", "-p", "shardmq-engine", "--bin", "shardmq-broker"]);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        build.arg("--release");
-    }
-    let status = build
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs to build the broker");
-    assert!(status.success(), "building shardmq-broker failed: {status}");
-    profile_dir.join("shardmq-broker")
-}
-
-/// A port below the kernel's ephemeral range (32768 and up), free when
-/// picked. The broker binds with SO_REUSEPORT, so a port the kernel handed
-/// to another broker's shard (bind to port 0) could otherwise be shared
-/// silently with it; ports here are never handed out that way. Each test
-/// process takes its own block of 20 ports, by pid.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let block = 20_000 + (std::process::id() % 600) as u16 * 20;
-    for _ in 0..20 {
-        let port = block + NEXT.fetch_add(1, Ordering::Relaxed) % 20;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port in {block}..{}", block + 20);
-}
-
-/// A broker process on free ports in a temporary directory, killed on drop.
-struct Broker {
-    child: Child,
-    addr: String,
-    _data: tempfile::TempDir,
-}
-
-impl Broker {
-    fn start() -> Self {
-        let data = tempfile::tempdir().expect("tempdir");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let metrics = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(broker_binary())
-            .args(["--listen", &addr, "--metrics", &metrics, "--shards", "2"])
-            .arg("--data-dir")
-            .arg(data.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("broker starts");
-        let mut broker = Broker {
-            child,
-            addr,
-            _data: data,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(&broker.addr).is_err() {
-            if let Some(status) = broker.child.try_wait().expect("broker status") {
-                panic!("broker exited before accepting connections: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "broker did not accept connections on {} within 30 s",
-                broker.addr
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        broker
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The value of record `seq` of producer `producer`: both ids, then a
 /// payload derived from them so corruption anywhere is caught.
