@@ -10,3 +10,5 @@
 //! - `shardmq-bench` (planned): OpenMessaging-Benchmark-style workloads
 //!   against a broker through the SDK, measuring latency without coordinated
 //!   omission and writing reports to `perf-reports/`.
+
+pub mod report;

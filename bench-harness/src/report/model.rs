@@ -1,0 +1,221 @@
+//! The data of one benchmark report: what `report.json` holds and what
+//! `report.md` and the plots are rendered from.
+//!
+//! Latencies are microseconds, rates are per second, sizes are bytes. A
+//! report holds one or more driver runs of the same workload (shardmq and a
+//! peer, alternating, possibly repeated) and, when there is a peer, the
+//! comparison between them.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Version of this layout; bumped when a field changes meaning.
+pub const REPORT_SCHEMA_VERSION: u32 = 1;
+
+/// Quantiles reported in the tables, in order.
+pub const TABLE_QUANTILES: [(&str, f64); 6] = [
+    ("p50", 0.50),
+    ("p75", 0.75),
+    ("p95", 0.95),
+    ("p99", 0.99),
+    ("p99.9", 0.999),
+    ("p99.99", 0.9999),
+];
+
+/// One benchmark report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub schema_version: u32,
+    /// The workload's name (the file's `name` field).
+    pub workload: String,
+    /// The workload file's text, as run.
+    pub workload_toml: String,
+    /// The exact command line that produced the report.
+    pub command: String,
+    /// `git describe --always --dirty` of the tree that was built, or
+    /// "unknown".
+    pub commit: String,
+    /// Start of the run, RFC 3339 in UTC.
+    pub started_at: String,
+    pub machine: Machine,
+    /// Every measured run, in the order they ran.
+    pub runs: Vec<DriverRun>,
+    /// shardmq against the peer, when a peer ran.
+    pub comparison: Option<Comparison>,
+}
+
+/// The machine the report was measured on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu_model: String,
+    pub cores: u32,
+    pub memory_bytes: u64,
+    pub kernel: String,
+    /// Device and model of the disk holding the data directories.
+    pub disk: String,
+    /// Filesystem type of the data directories (e.g. ext4).
+    pub filesystem: String,
+}
+
+/// One run of the workload against one driver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DriverRun {
+    /// `shardmq` or `nats-jetstream`.
+    pub driver: String,
+    /// Which of the driver's modes ran, e.g. "acks=all" or "R1 file".
+    pub mode: String,
+    /// When the driver acknowledges relative to fsync, in plain words.
+    pub durability: String,
+    /// 1 for the first run of this driver and mode, 2 for the second, ...
+    pub repetition: u32,
+    /// Server version, flags and settings that shape the figures.
+    pub config: BTreeMap<String, String>,
+    /// The producers' target rate in msg/s; `None` for an unthrottled run.
+    pub target_rate: Option<f64>,
+    /// The trials of the max-rate search, when the workload asked for one.
+    pub rate_search: Vec<RateTrial>,
+    pub throughput: Throughput,
+    /// Intended send time to acknowledgement.
+    pub publish_latency: LatencySummary,
+    /// Actual send time minus intended send time.
+    pub publish_delay: LatencySummary,
+    /// Send timestamp carried in the record to consumption.
+    pub end_to_end_latency: LatencySummary,
+    /// Produced but not yet consumed messages, largest seen and at the end.
+    pub backlog_max: u64,
+    pub backlog_end: u64,
+    /// One point per second of the measured period.
+    pub timeline: Vec<TimelinePoint>,
+    /// CPU time of each process involved (server, harness).
+    pub processes: Vec<ProcessCpu>,
+    /// Sends that failed, and the first error seen.
+    pub errors: u64,
+    pub first_error: Option<String>,
+}
+
+/// One trial of the max-rate search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RateTrial {
+    pub target_rate: f64,
+    pub achieved_rate: f64,
+    /// Whether the driver kept up (achieved within tolerance, no growing
+    /// backlog, no errors).
+    pub sustained: bool,
+}
+
+/// Amounts over the measured period (warm-up excluded).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Throughput {
+    pub seconds: f64,
+    pub produced_messages: u64,
+    pub produced_bytes: u64,
+    pub consumed_messages: u64,
+    pub consumed_bytes: u64,
+    pub produce_msg_per_s: f64,
+    pub produce_mb_per_s: f64,
+    pub consume_msg_per_s: f64,
+    pub consume_mb_per_s: f64,
+}
+
+/// A latency distribution in microseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub samples: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p75: u64,
+    pub p95: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub p9999: u64,
+    pub max: u64,
+    /// (quantile, value) points for the percentile plot, quantile ascending
+    /// from 0 towards 1 (0.5, 0.9, 0.99, ... and the max at 1.0).
+    pub curve: Vec<(f64, u64)>,
+}
+
+impl LatencySummary {
+    /// Summarises a histogram of microsecond values. An empty histogram
+    /// gives zero samples, zero values and an empty curve.
+    pub fn from_histogram(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self {
+                samples: 0,
+                mean: 0.0,
+                p50: 0,
+                p75: 0,
+                p95: 0,
+                p99: 0,
+                p999: 0,
+                p9999: 0,
+                max: 0,
+                curve: Vec::new(),
+            };
+        }
+        let mut curve = Vec::new();
+        // Ten points per decade of 1 / (1 - q), up to 1 - 1e-6.
+        for step in 0..=60 {
+            let q = 1.0 - 10f64.powf(-f64::from(step) / 10.0);
+            curve.push((q, h.value_at_quantile(q)));
+        }
+        curve.push((1.0, h.max()));
+        Self {
+            samples: h.len(),
+            mean: h.mean(),
+            p50: h.value_at_quantile(0.50),
+            p75: h.value_at_quantile(0.75),
+            p95: h.value_at_quantile(0.95),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            p9999: h.value_at_quantile(0.9999),
+            max: h.max(),
+            curve,
+        }
+    }
+
+    /// The values in the order of [`TABLE_QUANTILES`], then the max.
+    pub fn table_values(&self) -> [u64; 7] {
+        [
+            self.p50, self.p75, self.p95, self.p99, self.p999, self.p9999, self.max,
+        ]
+    }
+}
+
+/// Rates over one second of the measured period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelinePoint {
+    /// Seconds since the measured period began (end of the interval).
+    pub t: f64,
+    pub produce_msg_per_s: f64,
+    pub consume_msg_per_s: f64,
+    pub backlog: u64,
+}
+
+/// CPU time one process spent during the measured period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessCpu {
+    /// e.g. "shardmq-broker", "nats-server", "shardmq-bench".
+    pub name: String,
+    /// User plus system time.
+    pub cpu_seconds: f64,
+    /// CPU seconds per GB (1e9 bytes) of produced value bytes.
+    pub cpu_seconds_per_gb: f64,
+}
+
+/// shardmq's figures over the peer's, from the best run of each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    pub peer: String,
+    /// shardmq produce msg/s over the peer's (> 1: shardmq faster).
+    pub throughput_ratio: f64,
+    /// shardmq publish latency over the peer's at p50, p99 and p99.9
+    /// (< 1: shardmq lower).
+    pub publish_p50_ratio: f64,
+    pub publish_p99_ratio: f64,
+    pub publish_p999_ratio: f64,
+    /// One line for the report index, e.g. "shardmq 1.62x NATS JetStream
+    /// throughput, p99 0.41x".
+    pub headline: String,
+}
