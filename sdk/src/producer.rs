@@ -102,8 +102,8 @@ impl ProducerRecord {
 /// Where an acknowledged record was stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordMetadata {
-    /// Topic name.
-    pub topic: String,
+    /// Topic name, shared by every record of the batch.
+    pub topic: Arc<str>,
     /// Partition.
     pub partition: i32,
     /// The record's offset; -1 with [`Acks::None`].
@@ -159,7 +159,8 @@ enum Attempt {
 struct Core {
     client: Client,
     config: ProducerConfig,
-    queues: Mutex<HashMap<(String, i32), mpsc::Sender<Cmd>>>,
+    /// Each topic's partition queues, indexed by partition.
+    queues: Mutex<HashMap<Arc<str>, Vec<Option<mpsc::Sender<Cmd>>>>>,
     round_robin: AtomicU32,
     /// Produce requests in flight over all partitions.
     requests: Semaphore,
@@ -305,7 +306,12 @@ impl Producer {
     /// before the call is acknowledged or failed.
     pub async fn flush(&self) {
         let core = self.core();
-        let senders: Vec<_> = lock(&core.queues).values().cloned().collect();
+        let senders: Vec<_> = lock(&core.queues)
+            .values()
+            .flatten()
+            .flatten()
+            .cloned()
+            .collect();
         for sender in senders {
             let _ = sender.send(Cmd::Flush).await;
         }
@@ -366,18 +372,24 @@ impl Core {
 
     /// The queue of a partition, with its task started on first use.
     fn queue(self: &Arc<Self>, topic: &str, partition: i32) -> mpsc::Sender<Cmd> {
+        let index = usize::try_from(partition).unwrap_or(0);
         let mut queues = lock(&self.queues);
-        if let Some(sender) = queues.get(&(topic.to_owned(), partition)) {
+        if let Some(Some(sender)) = queues.get(topic).and_then(|q| q.get(index)) {
             return sender.clone();
         }
+        let (topic, slots) = match queues.get_key_value(topic) {
+            Some((name, _)) => (name.clone(), queues.get_mut(topic).expect("present")),
+            None => {
+                let name: Arc<str> = Arc::from(topic);
+                (name.clone(), queues.entry(name).or_default())
+            }
+        };
+        if slots.len() <= index {
+            slots.resize(index + 1, None);
+        }
         let (sender, receiver) = mpsc::channel(self.config.queue_records_max.max(1));
-        queues.insert((topic.to_owned(), partition), sender.clone());
-        tokio::spawn(partition_task(
-            self.clone(),
-            topic.to_owned(),
-            partition,
-            receiver,
-        ));
+        slots[index] = Some(sender.clone());
+        tokio::spawn(partition_task(self.clone(), topic, partition, receiver));
         sender
     }
 
@@ -422,7 +434,7 @@ impl Core {
     /// Sends one batch, retrying retriable errors, and resolves its records.
     async fn send_batch(
         &self,
-        topic: String,
+        topic: Arc<str>,
         partition: i32,
         batch: Vec<u8>,
         records: Vec<(Reply, i64)>,
@@ -464,7 +476,7 @@ impl Core {
                     self.deliver(
                         reply,
                         Ok(RecordMetadata {
-                            topic: topic.clone(),
+                            topic: Arc::clone(&topic),
                             partition,
                             offset,
                             timestamp,
@@ -526,7 +538,7 @@ fn headers_of(record: &ProducerRecord) -> Vec<HeaderRef<'_>> {
 /// last batch is handed off.
 async fn partition_task(
     core: Arc<Core>,
-    topic: String,
+    topic: Arc<str>,
     partition: i32,
     mut queue: mpsc::Receiver<Cmd>,
 ) {
@@ -534,6 +546,9 @@ async fn partition_task(
     let max = core.config.batch_bytes_max;
     let mut carry: Option<Pending> = None;
     let mut open = true;
+    // Capacity of the next batch's buffer: the size of the last one, so a
+    // steady stream fills its buffer without reallocating.
+    let mut size_hint = 16 * 1024;
     while open || carry.is_some() {
         let first = match carry.take() {
             Some(pending) => pending,
@@ -543,8 +558,8 @@ async fn partition_task(
                 None => break,
             },
         };
-        let mut buf = Vec::new();
-        let mut records: Vec<(Reply, i64)> = Vec::new();
+        let mut buf = Vec::with_capacity(size_hint);
+        let mut records: Vec<(Reply, i64)> = Vec::with_capacity(64);
         let deadline = Instant::now() + core.config.linger;
         let finished = {
             let mut builder = BatchBuilder::new(&mut buf, 0, first.timestamp);
@@ -588,7 +603,10 @@ async fn partition_task(
             builder.try_finish()
         };
         match finished {
-            Ok(len) => buf.truncate(len),
+            Ok(len) => {
+                buf.truncate(len);
+                size_hint = len.clamp(1024, max.max(1024));
+            }
             Err(error) => {
                 for (reply, _) in records {
                     core.deliver(
