@@ -155,12 +155,15 @@ enum Attempt {
     Fail(ClientError),
 }
 
+/// A topic's partition queues, indexed by partition; `None` until used.
+type PartitionQueues = Vec<Option<mpsc::Sender<Cmd>>>;
+
 #[derive(Debug)]
 struct Core {
     client: Client,
     config: ProducerConfig,
     /// Each topic's partition queues, indexed by partition.
-    queues: Mutex<HashMap<Arc<str>, Vec<Option<mpsc::Sender<Cmd>>>>>,
+    queues: Mutex<HashMap<Arc<str>, PartitionQueues>>,
     round_robin: AtomicU32,
     /// Produce requests in flight over all partitions.
     requests: Semaphore,
