@@ -365,6 +365,18 @@ fn produce(client: &mut Client, topic: &str, partition: i32, batch: &[u8]) -> (E
     assert_eq!(response.error_code(), ErrorCode::None);
     let body = response.response().body_as_produce_response().unwrap();
     let item = body.partitions().unwrap().get(0);
+    if item.error_code() == ErrorCode::None {
+        // The broker's clock when it appended the batch.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let appended = item.log_append_time_ms();
+        assert!(
+            appended > now_ms - 60_000 && appended <= now_ms,
+            "log append time {appended}, now {now_ms}"
+        );
+    }
     (item.error_code(), item.base_offset())
 }
 
@@ -412,6 +424,18 @@ fn fetch(
 }
 
 fn latest_offset(client: &mut Client, topic: &str, partition: i32) -> (ErrorCode, i64) {
+    let (code, offset, _) = list_offsets(client, topic, partition, OffsetSpec::Latest, 0);
+    (code, offset)
+}
+
+/// One ListOffsets item's outcome: (code, offset, timestamp).
+fn list_offsets(
+    client: &mut Client,
+    topic: &str,
+    partition: i32,
+    spec: OffsetSpec,
+    timestamp_ms: i64,
+) -> (ErrorCode, i64, i64) {
     let response = client.call(Api::ListOffsets, |b| {
         let topic = b.create_string(topic);
         let item = p::ListOffsetsPartition::create(
@@ -419,8 +443,8 @@ fn latest_offset(client: &mut Client, topic: &str, partition: i32) -> (ErrorCode
             &p::ListOffsetsPartitionArgs {
                 topic: Some(topic),
                 partition,
-                spec: OffsetSpec::Latest,
-                timestamp_ms: 0,
+                spec,
+                timestamp_ms,
             },
         );
         let items = b.create_vector(&[item]);
@@ -434,16 +458,19 @@ fn latest_offset(client: &mut Client, topic: &str, partition: i32) -> (ErrorCode
     });
     let body = response.response().body_as_list_offsets_response().unwrap();
     let item = body.partitions().unwrap().get(0);
-    (item.error_code(), item.offset())
+    (item.error_code(), item.offset(), item.timestamp_ms())
 }
+
+/// Create time of a batch's first record; record i is i ms later.
+const BATCH_TIMESTAMP_MS: i64 = 1_700_000_000_000;
 
 fn make_batch(records: usize, tag: &str) -> Vec<u8> {
     let mut buf = Vec::new();
-    let mut builder = BatchBuilder::new(&mut buf, 0, 1_700_000_000_000);
+    let mut builder = BatchBuilder::new(&mut buf, 0, BATCH_TIMESTAMP_MS);
     for i in 0..records {
         let value = format!("{tag}-{i}");
         builder.append(
-            1_700_000_000_000 + i as i64,
+            BATCH_TIMESTAMP_MS + i as i64,
             Some(b"k"),
             Some(value.as_bytes()),
             &[],
@@ -633,6 +660,32 @@ fn produce_fetch_across_shards_survives_a_restart_with(service: Service) {
     }
     let mut next: Vec<i64> = (0..PARTITIONS).map(|p| 2 * (3 + p as i64)).collect();
     check_all(&mut client, &expected, &next);
+
+    // By timestamp: the first record at or after it, exactly, even inside
+    // a batch (both rounds carry the same timestamps, so round 0 answers).
+    for (partition, ts_delta, offset) in [(5, 4, 4), (5, 7, 7), (0, 2, 2), (0, 0, 0)] {
+        let (code, found, ts) = list_offsets(
+            &mut client,
+            "orders",
+            partition,
+            OffsetSpec::Timestamp,
+            BATCH_TIMESTAMP_MS + ts_delta,
+        );
+        assert_eq!(code, ErrorCode::None);
+        assert_eq!((found, ts), (offset, BATCH_TIMESTAMP_MS + ts_delta));
+    }
+    let (code, found, ts) = list_offsets(
+        &mut client,
+        "orders",
+        5,
+        OffsetSpec::Timestamp,
+        BATCH_TIMESTAMP_MS + 8,
+    );
+    assert_eq!(
+        (code, found, ts),
+        (ErrorCode::None, -1, -1),
+        "none that late"
+    );
 
     // Straight to each shard's own port, asking for a partition the shard
     // does not own: forwarded over the mesh and answered the same.

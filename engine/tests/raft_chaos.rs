@@ -45,7 +45,7 @@ fn chaos(seed: u64) -> usize {
                 let is_leader = c.node(id).with_replica(P, |r| r.is_leader()).unwrap();
                 if is_leader && c.net.borrow_mut().rng.chance(700) {
                     let b = batch(1 + (tick % 3) as usize, seed * 1_000_000 + tick * 10 + id);
-                    if let Ok(w) = c.node(id).produce(P, &b) {
+                    if let Ok(w) = c.node(id).produce(P, &b, false) {
                         produced.push((b, w));
                     }
                 }
@@ -80,7 +80,7 @@ fn chaos(seed: u64) -> usize {
         let leader = c.leader().unwrap();
         // A last produce makes the current term's entries commit everywhere.
         let last = batch(1, 999_999);
-        let w = c.node(leader).produce(P, &last).unwrap();
+        let w = c.node(leader).produce(P, &last, false).unwrap();
         produced.push((last, w));
         let mut remaining = produced;
         for _ in 0..2_000 {

@@ -74,7 +74,7 @@ fn three_voters_replicate_and_survive_a_partitioned_leader() {
         let mut waiters = Vec::new();
         for i in 0..100 {
             let b = batch(2, i);
-            let w = c.node(leader).produce(P, &b).unwrap();
+            let w = c.node(leader).produce(P, &b, false).unwrap();
             waiters.push((b, w));
             if i % 10 == 9 {
                 c.step(1).await;
@@ -99,7 +99,7 @@ fn three_voters_replicate_and_survive_a_partitioned_leader() {
 
         // A follower is not the leader.
         let follower = (1..=3).find(|&id| id != leader).unwrap();
-        match c.node(follower).produce(P, &batch(1, 999)) {
+        match c.node(follower).produce(P, &batch(1, 999), false) {
             Err(RaftError::NotLeader {
                 leader: Some(l), ..
             }) => assert_eq!(l, leader),
@@ -113,8 +113,32 @@ fn three_voters_replicate_and_survive_a_partitioned_leader() {
         let mut doomed = Vec::new();
         for i in 0..5 {
             let b = batch(1, 10_000 + i);
-            doomed.push((b.clone(), c.node(old_leader).produce(P, &b).unwrap()));
+            doomed.push((b.clone(), c.node(old_leader).produce(P, &b, false).unwrap()));
         }
+        // Acks Leader answers once the leader appended, though the entry
+        // can never commit on this side of the partition.
+        let early = std::cell::RefCell::new(
+            c.node(old_leader)
+                .produce(P, &batch(1, 19_999), true)
+                .unwrap(),
+        );
+        let early_ack = std::cell::RefCell::new(None);
+        c.step_until("the isolated leader's own append", 100, |_| {
+            if early_ack.borrow().is_none() {
+                *early_ack.borrow_mut() = early.borrow_mut().try_result();
+            }
+            early_ack.borrow().is_some()
+        })
+        .await;
+        let early_ack = early_ack
+            .into_inner()
+            .unwrap()
+            .expect("acked at the append");
+        assert!(
+            c.commit(old_leader) < early_ack.index,
+            "answered before the entry committed"
+        );
+        assert!(doomed[0].1.ticket().index < early_ack.index);
         c.step_until("a new leader among the others", 1_000, |c| {
             (1..=3).any(|id| {
                 id != old_leader
@@ -136,7 +160,7 @@ fn three_voters_replicate_and_survive_a_partitioned_leader() {
         let mut waiters = Vec::new();
         for i in 0..50 {
             let b = batch(2, 20_000 + i);
-            waiters.push((b.clone(), c.node(new_leader).produce(P, &b).unwrap()));
+            waiters.push((b.clone(), c.node(new_leader).produce(P, &b, false).unwrap()));
         }
         let acks2 = resolve_all(&c, waiters).await;
         assert!(
@@ -188,7 +212,7 @@ fn a_follower_behind_the_compaction_point_restarts_from_a_snapshot() {
         let mut waiters = Vec::new();
         for i in 0..40 {
             let b = batch(2, i);
-            waiters.push((b.clone(), c.node(leader).produce(P, &b).unwrap()));
+            waiters.push((b.clone(), c.node(leader).produce(P, &b, false).unwrap()));
         }
         let acks = resolve_all(&c, waiters).await;
         let commit = acks.last().unwrap().1.as_ref().unwrap().index;
@@ -222,7 +246,7 @@ fn a_follower_behind_the_compaction_point_restarts_from_a_snapshot() {
             offsets(log, P, commit).await
         );
         // And it keeps replicating after the snapshot.
-        let w = c.node(leader).produce(P, &batch(1, 77)).unwrap();
+        let w = c.node(leader).produce(P, &batch(1, 77), false).unwrap();
         let ack = resolve_all(&c, vec![(batch(1, 77), w)]).await;
         let index = ack[0].1.as_ref().unwrap().index;
         c.step_until("the follower has the new entry", 500, |c| {

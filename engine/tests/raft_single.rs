@@ -48,7 +48,7 @@ async fn produce_all(
     let mut waiters = Vec::new();
     for i in 0..n {
         let b = batch(RECORDS, tag0 + i);
-        let w = lp.produce(P, &b).unwrap();
+        let w = lp.produce(P, &b, false).unwrap();
         waiters.push((b, w));
         if i % 7 == 0 {
             glommio::executor().yield_now().await;

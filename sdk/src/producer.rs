@@ -108,9 +108,11 @@ pub struct RecordMetadata {
     pub partition: i32,
     /// The record's offset; -1 with [`Acks::None`].
     pub offset: i64,
-    /// The record's timestamp: its create time, or the broker's append
-    /// time for a log-append-time topic.
+    /// The record's create time, ms since the epoch.
     pub timestamp: i64,
+    /// When the partition leader appended the record's batch, ms since the
+    /// epoch (its clock); -1 with [`Acks::None`].
+    pub log_append_time_ms: i64,
 }
 
 /// The outcome of one record, resolving once its batch is acknowledged
@@ -471,11 +473,6 @@ impl Core {
                     } else {
                         base_offset + index as i64
                     };
-                    let timestamp = if log_append_time >= 0 {
-                        log_append_time
-                    } else {
-                        timestamp
-                    };
                     self.deliver(
                         reply,
                         Ok(RecordMetadata {
@@ -483,6 +480,7 @@ impl Core {
                             partition,
                             offset,
                             timestamp,
+                            log_append_time_ms: log_append_time,
                         }),
                     );
                 }

@@ -81,7 +81,13 @@ async fn run(addr: String) {
                 let meta = delivery
                     .await
                     .unwrap_or_else(|e| panic!("producer {producer_id} record {seq}: {e}"));
-                assert_eq!(meta.topic, TOPIC);
+                assert_eq!(&*meta.topic, TOPIC);
+                assert!(
+                    meta.log_append_time_ms >= meta.timestamp,
+                    "appended at {} before its create time {}",
+                    meta.log_append_time_ms,
+                    meta.timestamp
+                );
                 acked.push((meta.partition, meta.offset, producer_id, seq as u32));
             }
             producer.close().await;

@@ -432,6 +432,11 @@ impl<S: PartitionService> BrokerHandler<S> {
         if !matches!(acks, Acks::All | Acks::Leader | Acks::None) {
             return Err(invalid(format!("acks {} is not -1, 0 or 1", acks.0)));
         }
+        // 0: no limit. Items still waiting at the deadline are answered
+        // RequestTimedOut; their appends go on and may still commit.
+        let timeout_ms = req.timeout_ms();
+        let deadline =
+            (timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(u64::from(timeout_ms)));
         let mut items: Vec<(String, i32, Bytes)> = Vec::new();
         for item in req.partitions().iter().flatten() {
             let records = item.records().bytes();
@@ -459,51 +464,55 @@ impl<S: PartitionService> BrokerHandler<S> {
             let topics = topics.clone();
             let batches: Vec<(usize, Bytes)> =
                 group.iter().map(|i| (*i, items[*i].2.clone())).collect();
-            tasks.push(glommio::spawn_local(async move {
-                let mut out = Vec::with_capacity(batches.len());
-                for (i, batch) in batches {
-                    let started = Instant::now();
-                    let result = match topics.locate(&topic, partition) {
-                        Err(error) => Err(error),
-                        Ok((meta, owner)) => {
-                            let op = PartitionOp::Produce {
-                                partition: meta.partition_id(partition as u32),
-                                acks,
-                                batch,
-                            };
-                            if owner != ctx.shard {
-                                ctx.metrics
-                                    .forwarded
-                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Detached: a timed-out item's task runs to its end all the
+            // same, so no append is abandoned halfway.
+            tasks.push(
+                glommio::spawn_local(async move {
+                    let mut out = Vec::with_capacity(batches.len());
+                    for (i, batch) in batches {
+                        let started = Instant::now();
+                        let result = match topics.locate(&topic, partition) {
+                            Err(error) => Err(error),
+                            Ok((meta, owner)) => {
+                                let op = PartitionOp::Produce {
+                                    partition: meta.partition_id(partition as u32),
+                                    acks,
+                                    batch,
+                                };
+                                if owner != ctx.shard {
+                                    ctx.metrics
+                                        .forwarded
+                                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                }
+                                match ctx.router.run(&*ctx.service, owner, op).await {
+                                    OpReply::Produce(result) => result,
+                                    _ => Err(ServiceError::new(ErrorCode::Unknown, "wrong reply")),
+                                }
                             }
-                            match ctx.router.run(&*ctx.service, owner, op).await {
-                                OpReply::Produce(result) => result,
-                                _ => Err(ServiceError::new(ErrorCode::Unknown, "wrong reply")),
-                            }
-                        }
-                    };
-                    ctx.metrics
-                        .produce_latency
-                        .observe(started.elapsed().as_micros() as u64);
-                    out.push((i, result));
-                }
-                out
-            }));
+                        };
+                        ctx.metrics
+                            .produce_latency
+                            .observe(started.elapsed().as_micros() as u64);
+                        out.push((i, result));
+                    }
+                    out
+                })
+                .detach(),
+            );
         }
-        let mut results: Vec<Option<Result<_, ServiceError>>> = vec![None; items.len()];
-        for task in tasks {
-            for (i, result) in task.await {
-                results[i] = Some(result);
-            }
-        }
+        let results = collect_until(tasks, items.len(), deadline).await;
         if acks == Acks::None {
             return Ok(None);
         }
         let mut b = FlatBufferBuilder::new();
         let mut out = Vec::with_capacity(items.len());
         for ((topic, partition, _), result) in items.iter().zip(results) {
-            let result =
-                result.unwrap_or_else(|| Err(ServiceError::new(ErrorCode::Unknown, "not done")));
+            let result = result.unwrap_or_else(|| {
+                Err(ServiceError::new(
+                    ErrorCode::RequestTimedOut,
+                    format!("not acknowledged within timeout_ms {timeout_ms}"),
+                ))
+            });
             let (error_code, error_message) = outcome(&mut b, &result);
             let topic = b.create_string(topic);
             let done = result.ok();
@@ -805,5 +814,97 @@ impl<S: PartitionService> BrokerHandler<S> {
             p::ResponseBody::ListOffsetsResponse,
             body.as_union_value(),
         )
+    }
+}
+
+/// Gathers the `(item, result)` lists of detached tasks into one result per
+/// item, waiting for each task until `deadline` (without a deadline, until
+/// it ends). An item whose task did not end in time stays `None`; the task
+/// itself goes on.
+async fn collect_until<T>(
+    tasks: Vec<glommio::task::JoinHandle<Vec<(usize, T)>>>,
+    items: usize,
+    deadline: Option<Instant>,
+) -> Vec<Option<T>> {
+    let mut results: Vec<Option<T>> = (0..items).map(|_| None).collect();
+    for task in tasks {
+        let done = match deadline {
+            None => task.await,
+            Some(deadline) => {
+                let timer = async {
+                    glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now()))
+                        .await;
+                    None
+                };
+                futures_lite::future::or(task, timer).await
+            }
+        };
+        for (i, result) in done.into_iter().flatten() {
+            if let Some(slot) = results.get_mut(i) {
+                *slot = Some(result);
+            }
+        }
+    }
+    results
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::time::{Duration, Instant};
+
+    use super::collect_until;
+
+    #[test]
+    fn items_past_the_deadline_stay_unanswered_and_their_tasks_go_on() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let (release_tx, release_rx) = async_channel_pair();
+                let finished = Rc::new(Cell::new(false));
+                let quick = glommio::spawn_local(async { vec![(0usize, "quick")] }).detach();
+                let slow = {
+                    let finished = finished.clone();
+                    glommio::spawn_local(async move {
+                        // Ends only once the test releases it, after the
+                        // deadline has passed.
+                        let _ = release_rx.recv().await;
+                        finished.set(true);
+                        vec![(1usize, "slow")]
+                    })
+                    .detach()
+                };
+                let deadline = Instant::now() + Duration::from_millis(20);
+                let results = collect_until(vec![quick, slow], 3, Some(deadline)).await;
+                assert_eq!(results, vec![Some("quick"), None, None]);
+                assert!(Instant::now() >= deadline);
+                // The timed-out task was not cancelled: released, it ends.
+                release_tx.send(()).await.unwrap();
+                for _ in 0..1000 {
+                    if finished.get() {
+                        break;
+                    }
+                    glommio::executor().yield_now().await;
+                }
+                assert!(finished.get(), "the timed-out task was cancelled");
+
+                let all = collect_until(
+                    vec![glommio::spawn_local(async { vec![(1usize, 7)] }).detach()],
+                    2,
+                    None,
+                )
+                .await;
+                assert_eq!(all, vec![None, Some(7)]);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    fn async_channel_pair() -> (
+        glommio::channels::local_channel::LocalSender<()>,
+        glommio::channels::local_channel::LocalReceiver<()>,
+    ) {
+        glommio::channels::local_channel::new_bounded(1)
     }
 }

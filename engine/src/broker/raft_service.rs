@@ -3,11 +3,11 @@
 //! every group of the shard is driven by the shard's one [`ShardLoop`], and
 //! the partition's message log is its Raft log in the shard's `ShardLog`.
 //!
-//! - produce proposes the batch; acks All and acks Leader answer once the
-//!   entry commits (with one voter the entry commits in the same loop
-//!   iteration that appends and syncs it, so waiting for the append alone
-//!   would save nothing), with the base offset storage gave it; acks None
-//!   answers as soon as the proposal is accepted;
+//! - produce proposes the batch; acks All answers once the entry commits
+//!   (synced on a majority: with one voter, this node's sync), acks Leader
+//!   once the leader appended it, before that sync, both with the base
+//!   offset storage gave the batch; acks None answers as soon as the
+//!   proposal is accepted;
 //! - fetch and list-offsets see the committed entries only: the high
 //!   watermark is the offset after the last committed entry;
 //! - on start every partition the shard log holds gets its replica back
@@ -30,7 +30,7 @@ use shardmq_schema::protocol::{Acks, ErrorCode, OffsetSpec};
 use shardmq_storage::{PartitionId, ShardLog, StorageError};
 
 use super::service::{
-    batch_error, check_batch, storage_error, FetchArgs, FetchResult, ListOffsetsResult,
+    batch_error, check_batch, now_ms, storage_error, FetchArgs, FetchResult, ListOffsetsResult,
     PartitionService, ProduceLimits, ProduceResult, ServiceError, Visible, Watermark,
 };
 use crate::config::RaftConfig;
@@ -313,7 +313,12 @@ impl PartitionService for RaftService {
         let offsets = RecordBatchView::parse_verified(&batch)
             .map_err(batch_error)?
             .offset_count();
-        let waiter = self.raft.produce(partition, &batch).map_err(raft_error)?;
+        let waiter = self
+            .raft
+            .produce(partition, &batch, acks == Acks::Leader)
+            .map_err(raft_error)?;
+        // The leader appends the batch in the shard loop's next iteration.
+        let log_append_time_ms = now_ms();
         let log_start_offset = || {
             self.log
                 .log_start_offset(partition)
@@ -324,7 +329,7 @@ impl PartitionService for RaftService {
             // commits all the same.
             return Ok(ProduceResult {
                 base_offset: -1,
-                log_append_time_ms: -1,
+                log_append_time_ms,
                 log_start_offset: log_start_offset(),
             });
         }
@@ -337,19 +342,22 @@ impl PartitionService for RaftService {
             Some(result) => result.map_err(raft_error)?,
             None => return Err(stopping()),
         };
-        // What committed is visible now, even before the driver publishes.
-        if self.visible.raise(
-            partition,
-            Watermark {
-                offset: ack.base_offset + u64::from(offsets),
-                index: ack.index,
-            },
-        ) {
+        // What committed is visible now, even before the driver publishes
+        // (acks Leader answered at the append: not committed yet).
+        if acks == Acks::All
+            && self.visible.raise(
+                partition,
+                Watermark {
+                    offset: ack.base_offset + u64::from(offsets),
+                    index: ack.index,
+                },
+            )
+        {
             self.visible.notify();
         }
         Ok(ProduceResult {
             base_offset: ack.base_offset as i64,
-            log_append_time_ms: -1,
+            log_append_time_ms,
             log_start_offset: log_start_offset(),
         })
     }
@@ -370,6 +378,7 @@ impl PartitionService for RaftService {
     ) -> Result<ListOffsetsResult, ServiceError> {
         self.visible
             .list_offsets(&self.log, partition, spec, timestamp_ms)
+            .await
     }
 
     async fn create_partition(&self, partition: PartitionId) -> Result<(), ServiceError> {

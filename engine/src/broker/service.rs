@@ -146,6 +146,13 @@ pub trait PartitionService: 'static {
     fn close(&self) -> impl Future<Output = Result<(), ServiceError>>;
 }
 
+/// Milliseconds since the Unix epoch: the log-append time of a produce.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Limits a [`LocalLogService`] enforces on produced batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProduceLimits {
@@ -315,7 +322,7 @@ impl Visible {
     }
 
     /// Looks up an offset of `partition` among what is visible.
-    pub(crate) fn list_offsets(
+    pub(crate) async fn list_offsets(
         &self,
         log: &ShardLog,
         partition: PartitionId,
@@ -341,14 +348,31 @@ impl Visible {
                 let found = log
                     .offset_for_timestamp(partition, timestamp_ms)
                     .map_err(storage_error)?;
-                Ok(match found {
-                    // Only what is durable is visible.
-                    Some(offset) if offset < mark.offset => ListOffsetsResult {
-                        offset: offset as i64,
-                        ..none
-                    },
-                    _ => none,
-                })
+                // Only what is durable is visible.
+                let Some(base) = found.filter(|offset| *offset < mark.offset) else {
+                    return Ok(none);
+                };
+                // The index finds the batch; the first record in it with a
+                // timestamp at or after the one asked is the answer.
+                let batches = log
+                    .read_from_offset(partition, base, 1, mark.index)
+                    .await
+                    .map_err(storage_error)?;
+                for batch in &batches {
+                    let view = RecordBatchView::parse(&batch.bytes).map_err(batch_error)?;
+                    for record in view.records() {
+                        let record = record.map_err(batch_error)?;
+                        let ts = view.record_timestamp(&record);
+                        let offset = view.record_offset(&record);
+                        if ts >= timestamp_ms && offset >= 0 && (offset as u64) < mark.offset {
+                            return Ok(ListOffsetsResult {
+                                offset,
+                                timestamp_ms: ts,
+                            });
+                        }
+                    }
+                }
+                Ok(none)
             }
             other => Err(ServiceError::new(
                 ErrorCode::InvalidRequest,
@@ -536,6 +560,7 @@ impl PartitionService for LocalLogService {
             .append(partition, &[entry])
             .await
             .map_err(storage_error)?;
+        let log_append_time_ms = now_ms();
         drop(permit);
         self.pending.borrow_mut().insert(
             partition,
@@ -551,7 +576,7 @@ impl PartitionService for LocalLogService {
         }
         Ok(ProduceResult {
             base_offset: outcome.base_offset as i64,
-            log_append_time_ms: -1,
+            log_append_time_ms,
             log_start_offset: self
                 .log
                 .log_start_offset(partition)
@@ -575,6 +600,7 @@ impl PartitionService for LocalLogService {
     ) -> Result<ListOffsetsResult, ServiceError> {
         self.visible
             .list_offsets(&self.log, partition, spec, timestamp_ms)
+            .await
     }
 
     async fn create_partition(&self, partition: PartitionId) -> Result<(), ServiceError> {

@@ -118,7 +118,19 @@ struct Waiter {
     term: u64,
     /// Set when the entry is appended (storage assigns offsets then).
     base_offset: Option<u64>,
-    tx: oneshot::Sender<Result<ProduceAck, RaftError>>,
+    /// Taken when the outcome is sent.
+    tx: Option<oneshot::Sender<Result<ProduceAck, RaftError>>>,
+    /// Resolve once the leader appended the entry (before it is synced
+    /// or committed) rather than once it commits.
+    on_append: bool,
+}
+
+impl Waiter {
+    fn send(&mut self, result: Result<ProduceAck, RaftError>) {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(result);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -132,8 +144,8 @@ struct Slot {
 
 impl Slot {
     fn fail(&mut self, index: u64, err: RaftError) {
-        if let Some(w) = self.waiters.remove(&index) {
-            let _ = w.tx.send(Err(err));
+        if let Some(mut w) = self.waiters.remove(&index) {
+            w.send(Err(err));
         }
     }
 
@@ -151,6 +163,13 @@ impl Slot {
         if let Some(w) = self.waiters.get_mut(&index) {
             if w.term == term {
                 w.base_offset = Some(base_offset);
+                if w.on_append {
+                    w.send(Ok(ProduceAck {
+                        index,
+                        term,
+                        base_offset,
+                    }));
+                }
             } else {
                 let err = self.dropped("overwritten by another leader's entry");
                 self.fail(index, err);
@@ -174,7 +193,7 @@ impl Slot {
     fn on_committed(&mut self, committed: &[CommittedEntry]) -> usize {
         let mut resolved = 0;
         for c in committed {
-            if let Some(w) = self.waiters.remove(&c.index) {
+            if let Some(mut w) = self.waiters.remove(&c.index) {
                 let result = match w.base_offset {
                     Some(base_offset) if w.term == c.term => Ok(ProduceAck {
                         index: c.index,
@@ -183,7 +202,7 @@ impl Slot {
                     }),
                     _ => Err(self.dropped("another entry committed at its index")),
                 };
-                let _ = w.tx.send(result);
+                w.send(result);
                 resolved += 1;
             }
         }
@@ -375,11 +394,14 @@ impl<T: Transport> ShardLoop<T> {
     }
 
     /// Proposes a record batch; the waiter resolves with its base offset
-    /// once it commits on a majority.
+    /// once it commits on a majority, or, with `on_append`, as soon as this
+    /// leader appended it to its log (before the sync: the entry may still
+    /// be lost to a crash or replaced by another leader's).
     pub fn produce(
         &self,
         partition: PartitionId,
         batch: &[u8],
+        on_append: bool,
     ) -> Result<ProduceWaiter, RaftError> {
         let mut slots = self.slots.borrow_mut();
         let slot = slots
@@ -392,7 +414,8 @@ impl<T: Transport> ShardLoop<T> {
             Waiter {
                 term: ticket.term,
                 base_offset: None,
-                tx,
+                tx: Some(tx),
+                on_append,
             },
         );
         assert!(

@@ -5869,7 +5869,8 @@ pub mod shardmq {
                 }
             }
             /// How long the broker may wait for `acks`, in milliseconds, before
-            /// answering RequestTimedOut for the items still waiting.
+            /// answering RequestTimedOut for the items still waiting (their appends
+            /// go on and may still commit); 0 for no limit.
             #[inline]
             pub fn timeout_ms(&self) -> u32 {
                 // Safety:
@@ -6116,8 +6117,9 @@ pub mod shardmq {
                         .unwrap()
                 }
             }
-            /// Time the leader appended the batch, in milliseconds since the Unix
-            /// epoch, when the topic uses log-append time; -1 otherwise.
+            /// Time the leader appended the batch (its clock when it took the
+            /// batch), in milliseconds since the Unix epoch; -1 with acks None or on
+            /// error.
             #[inline]
             pub fn log_append_time_ms(&self) -> i64 {
                 // Safety:
