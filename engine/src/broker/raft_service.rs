@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use glommio::sync::Semaphore;
 use shardmq_net::Shutdown;
-use shardmq_schema::batch::RecordBatchView;
 use shardmq_schema::protocol::{Acks, ErrorCode, OffsetSpec};
 use shardmq_storage::{PartitionId, ShardLog, StorageError};
 
@@ -309,10 +308,7 @@ impl PartitionService for RaftService {
             return Err(stopping());
         }
         self.visible.get(partition)?;
-        check_batch(&self.limits, &batch)?;
-        let offsets = RecordBatchView::parse_verified(&batch)
-            .map_err(batch_error)?
-            .offset_count();
+        let offsets = check_batch(&self.limits, &batch)?;
         let waiter = self
             .raft
             .produce(partition, &batch, acks == Acks::Leader)

@@ -428,7 +428,10 @@ pub(crate) fn batch_error(error: BatchError) -> ServiceError {
 }
 
 /// Checks a produced batch against `limits` before anything stores it.
-pub(crate) fn check_batch(limits: &ProduceLimits, batch: &[u8]) -> Result<(), ServiceError> {
+/// Checks a produced batch against the limits and its crc (the one pass
+/// over its bytes the broker makes before storing them); returns the number
+/// of offsets it takes.
+pub(crate) fn check_batch(limits: &ProduceLimits, batch: &[u8]) -> Result<u32, ServiceError> {
     if batch.len() > limits.batch_bytes_max {
         return Err(ServiceError::new(
             ErrorCode::BatchTooLarge,
@@ -455,7 +458,7 @@ pub(crate) fn check_batch(limits: &ProduceLimits, batch: &[u8]) -> Result<(), Se
             }
         }
     }
-    Ok(())
+    Ok(view.offset_count())
 }
 
 impl LocalLogService {
