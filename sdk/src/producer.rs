@@ -436,14 +436,15 @@ impl Core {
             .min(self.config.retry_backoff_max)
     }
 
-    /// Sends one batch, retrying retriable errors, and resolves its records.
+    /// Sends one batch, retrying retriable errors, and resolves its records;
+    /// gives the batch's buffer back for reuse.
     async fn send_batch(
         &self,
         topic: Arc<str>,
         partition: i32,
         batch: Vec<u8>,
         records: Vec<(Reply, i64)>,
-    ) {
+    ) -> Vec<u8> {
         let result = match self.requests.acquire().await {
             Ok(_permit) => {
                 let mut attempt = 0;
@@ -491,6 +492,7 @@ impl Core {
                 }
             }
         }
+        batch
     }
 
     /// One attempt: base offset and log-append time of the batch.
@@ -550,6 +552,10 @@ async fn partition_task(
     // Capacity of the next batch's buffer: the size of the last one, so a
     // steady stream fills its buffer without reallocating.
     let mut size_hint = 16 * 1024;
+    // Buffers of sent batches, reused so a steady stream allocates (and
+    // faults in) no new batch memory. At most one per send slot, plus one.
+    let spare: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let spare_max = core.config.in_flight_per_partition.max(1) + 1;
     while open || carry.is_some() {
         let first = match carry.take() {
             Some(pending) => pending,
@@ -559,7 +565,13 @@ async fn partition_task(
                 None => break,
             },
         };
-        let mut buf = Vec::with_capacity(size_hint);
+        let mut buf = match lock(&spare).pop() {
+            Some(mut buf) => {
+                buf.clear();
+                buf
+            }
+            None => Vec::with_capacity(size_hint),
+        };
         let mut records: Vec<(Reply, i64)> = Vec::with_capacity(64);
         let deadline = Instant::now() + core.config.linger;
         let finished = {
@@ -625,9 +637,16 @@ async fn partition_task(
         };
         let core = core.clone();
         let topic = topic.clone();
+        let spare = Arc::clone(&spare);
+        // A buffer much larger than this partition's batches is not kept.
+        let keep_bytes_max = size_hint.saturating_mul(2).max(64 * 1024);
         tokio::spawn(async move {
-            core.send_batch(topic, partition, buf, records).await;
+            let buf = core.send_batch(topic, partition, buf, records).await;
             drop(slot);
+            let mut spare = lock(&spare);
+            if spare.len() < spare_max && buf.capacity() <= keep_bytes_max {
+                spare.push(buf);
+            }
         });
     }
     // Queue closed: anything still in it was never batched.
