@@ -11,11 +11,14 @@
 //! Hot path: [`ShardMetrics::request`] and [`LatencyHistogram::observe`]
 //! run once per request; they only add to atomics.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+
+use shardmq_storage::PartitionId;
 
 use shardmq_schema::protocol::Api;
 
@@ -119,6 +122,32 @@ pub struct ShardMetrics {
     pub storage_sync_rounds: AtomicU64,
     /// Segment files of the shard log.
     pub storage_segments: AtomicU64,
+    /// Raft commit latency: proposal to commit (durable on a majority),
+    /// written by the shard loop.
+    pub commit_latency: Arc<LatencyHistogram>,
+    /// Produce and fetch counters of each partition this shard owns. The
+    /// lock is this shard's alone: taken by its partition operations and
+    /// by a scrape, never by another shard.
+    pub partition_ops: Mutex<BTreeMap<PartitionId, PartitionCounters>>,
+    /// Topic names by topic id, refreshed by the shard for the scraper.
+    pub topic_names: Mutex<HashMap<u32, String>>,
+}
+
+/// Produce and fetch counts of one partition.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionCounters {
+    /// Produce items for the partition.
+    pub produce_requests: u64,
+    /// Record batch bytes produced to it.
+    pub produce_bytes: u64,
+    /// Fetch items for the partition.
+    pub fetch_requests: u64,
+    /// Record batch bytes fetched from it.
+    pub fetch_bytes: u64,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl ShardMetrics {
@@ -134,6 +163,30 @@ impl ShardMetrics {
             bin.fetch_add(request_bytes as u64, Ordering::Relaxed);
             bout.fetch_add(response_bytes as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Counts one produce (`produce`) or fetch item of `partition` moving
+    /// `bytes` of record batches.
+    pub fn partition_op(&self, partition: PartitionId, produce: bool, bytes: usize) {
+        let mut ops = lock(&self.partition_ops);
+        let c = ops.entry(partition).or_default();
+        if produce {
+            c.produce_requests += 1;
+            c.produce_bytes += bytes as u64;
+        } else {
+            c.fetch_requests += 1;
+            c.fetch_bytes += bytes as u64;
+        }
+    }
+
+    /// Forgets the counters of partitions not in `keep` (deleted ones).
+    pub fn retain_partitions(&self, keep: &[PartitionId]) {
+        lock(&self.partition_ops).retain(|p, _| keep.contains(p));
+    }
+
+    /// Replaces the topic names the scraper labels partitions with.
+    pub fn set_topic_names(&self, names: HashMap<u32, String>) {
+        *lock(&self.topic_names) = names;
     }
 }
 
@@ -245,6 +298,11 @@ impl BrokerMetrics {
                 "fdatasync latency of the shard log.",
                 |m| &m.fsync_latency,
             ),
+            (
+                "shardmq_raft_commit_latency_seconds",
+                "Raft commit latency: proposal to commit (durable on a majority).",
+                |m| &m.commit_latency,
+            ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} histogram");
@@ -291,6 +349,7 @@ impl BrokerMetrics {
             "Segment files of the shard log.",
             &|m| m.storage_segments.load(Ordering::Relaxed),
         );
+        self.render_partitions(&mut out);
         let _ = writeln!(out, "# HELP shardmq_up 1 while every shard serves.");
         let _ = writeln!(out, "# TYPE shardmq_up gauge");
         let _ = writeln!(
@@ -322,6 +381,64 @@ impl BrokerMetrics {
         }
         out
     }
+}
+
+impl BrokerMetrics {
+    /// Per-partition request and byte counters, labelled with the topic
+    /// name and partition index.
+    fn render_partitions(&self, out: &mut String) {
+        let node = self.node_id;
+        let snapshots: Vec<_> = self
+            .shards
+            .iter()
+            .map(|m| {
+                let names = lock(&m.topic_names).clone();
+                let ops = lock(&m.partition_ops).clone();
+                (names, ops)
+            })
+            .collect();
+        for (name, help, pick) in [
+            (
+                "shardmq_partition_requests_total",
+                "Produce and fetch items per partition, counted by the owning shard.",
+                (|c: &PartitionCounters| (c.produce_requests, c.fetch_requests))
+                    as fn(&PartitionCounters) -> (u64, u64),
+            ),
+            (
+                "shardmq_partition_bytes_total",
+                "Record batch bytes produced to and fetched from each partition.",
+                |c| (c.produce_bytes, c.fetch_bytes),
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for (shard, (names, ops)) in snapshots.iter().enumerate() {
+                for (id, c) in ops {
+                    let topic_id = (id >> 32) as u32;
+                    let index = *id as u32;
+                    let topic = names
+                        .get(&topic_id)
+                        .map_or_else(|| format!("#{topic_id}"), |n| escape_label(n));
+                    let (produced, fetched) = pick(c);
+                    for (api, value) in [("Produce", produced), ("Fetch", fetched)] {
+                        let _ = writeln!(
+                            out,
+                            "{name}{{node=\"{node}\",shard=\"{shard}\",topic=\"{topic}\",partition=\"{index}\",api=\"{api}\"}} {value}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped, as the text format
+/// asks.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// CPU and memory of this process, from `/proc/self`.

@@ -752,6 +752,35 @@ fn produce_fetch_across_shards_survives_a_restart_with(service: Service) {
     assert!(samples
         .keys()
         .any(|k| k.starts_with("shardmq_storage_fsync_latency_seconds_count{")));
+    // Per partition, on the owning shard: partition 0 took the two rounds
+    // and the forwarded batch.
+    let of_partition_0 = |family: &str| -> f64 {
+        samples
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with(&format!("{family}{{"))
+                    && k.contains("topic=\"orders\"")
+                    && k.contains("partition=\"0\"")
+                    && k.contains("api=\"Produce\"")
+            })
+            .map(|(_, v)| v)
+            .sum()
+    };
+    assert_eq!(of_partition_0("shardmq_partition_requests_total"), 3.0);
+    assert_eq!(
+        of_partition_0("shardmq_partition_bytes_total"),
+        expected[0].len() as f64
+    );
+    let commits: f64 = samples
+        .iter()
+        .filter(|(k, _)| k.starts_with("shardmq_raft_commit_latency_seconds_count{"))
+        .map(|(_, v)| v)
+        .sum();
+    // Every acknowledged produce committed first (no Raft: none).
+    match service {
+        Service::Raft => assert_eq!(commits, (2 * PARTITIONS + 2) as f64),
+        Service::Local => assert_eq!(commits, 0.0),
+    }
 
     // A long-poll in flight does not hold up the stop.
     let mut polling = Client::connect(broker.client);

@@ -484,7 +484,7 @@ impl<S: PartitionService> BrokerHandler<S> {
                                         .forwarded
                                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 }
-                                match ctx.router.run(&*ctx.service, owner, op).await {
+                                match ctx.router.run(&*ctx.service, &ctx.metrics, owner, op).await {
                                     OpReply::Produce(result) => result,
                                     _ => Err(ServiceError::new(ErrorCode::Unknown, "wrong reply")),
                                 }
@@ -566,7 +566,7 @@ impl<S: PartitionService> BrokerHandler<S> {
                 .forwarded
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        match ctx.router.run(&*ctx.service, owner, op).await {
+        match ctx.router.run(&*ctx.service, &ctx.metrics, owner, op).await {
             OpReply::Fetch(result) => result,
             _ => Err(ServiceError::new(ErrorCode::Unknown, "wrong reply")),
         }
@@ -773,7 +773,12 @@ impl<S: PartitionService> BrokerHandler<S> {
                         spec: *spec,
                         timestamp_ms: *timestamp_ms,
                     };
-                    match self.ctx.router.run(&*self.ctx.service, owner, op).await {
+                    match self
+                        .ctx
+                        .router
+                        .run(&*self.ctx.service, &self.ctx.metrics, owner, op)
+                        .await
+                    {
                         OpReply::ListOffsets(result) => result,
                         _ => Err(ServiceError::new(ErrorCode::Unknown, "wrong reply")),
                     }

@@ -20,6 +20,7 @@
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,6 +34,7 @@ use super::service::{
     PartitionService, ProduceLimits, ProduceResult, ServiceError, Visible, Watermark,
 };
 use crate::config::RaftConfig;
+use crate::metrics::LatencyHistogram;
 use crate::raft::eraftpb::Message;
 use crate::raft::{RaftError, ReplicaConfig, ShardLoop, ShardLoopConfig, Transport};
 
@@ -146,9 +148,11 @@ impl RaftService {
         node_id: i32,
         cfg: &RaftConfig,
         limits: ProduceLimits,
+        commit_latency: Arc<LatencyHistogram>,
     ) -> Result<Rc<Self>, ServiceError> {
         let raft_id = raft_id(node_id);
-        let raft = ShardLoop::new(log.clone(), NoPeers, loop_config(cfg));
+        let raft = ShardLoop::new(log.clone(), NoPeers, loop_config(cfg))
+            .with_commit_latency(commit_latency);
         let mut marks = HashMap::new();
         for partition in log.partitions() {
             raft.add_replica(partition, raft_id, &[raft_id])

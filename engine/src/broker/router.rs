@@ -19,6 +19,7 @@ use super::service::{
     FetchArgs, FetchResult, ListOffsetsResult, PartitionService, ProduceResult, ServiceError,
 };
 use super::topics::{NewTopicSpec, TopicsSnapshot};
+use crate::metrics::ShardMetrics;
 
 /// Messages between the shards of one broker.
 #[derive(Debug)]
@@ -118,16 +119,27 @@ pub enum AdminOp {
     },
 }
 
-/// Runs a [`PartitionOp`] on `service`.
-pub async fn execute<S: PartitionService>(service: &S, op: PartitionOp) -> OpReply {
+/// Runs a [`PartitionOp`] on `service`, the owning shard's, counting it in
+/// that shard's per-partition `metrics`.
+pub async fn execute<S: PartitionService>(
+    service: &S,
+    metrics: &ShardMetrics,
+    op: PartitionOp,
+) -> OpReply {
     match op {
         PartitionOp::Produce {
             partition,
             acks,
             batch,
-        } => OpReply::Produce(service.produce(partition, acks, batch).await),
+        } => {
+            metrics.partition_op(partition, true, batch.len());
+            OpReply::Produce(service.produce(partition, acks, batch).await)
+        }
         PartitionOp::Fetch { partition, args } => {
-            OpReply::Fetch(service.fetch(partition, args).await)
+            let result = service.fetch(partition, args).await;
+            let bytes = result.as_ref().map_or(0, |r| r.records.len());
+            metrics.partition_op(partition, false, bytes);
+            OpReply::Fetch(result)
         }
         PartitionOp::ListOffsets {
             partition,
@@ -236,11 +248,12 @@ impl ShardRouter {
     pub async fn run<S: PartitionService>(
         &self,
         service: &S,
+        metrics: &ShardMetrics,
         owner: u16,
         op: PartitionOp,
     ) -> OpReply {
         if owner == self.shard {
-            return execute(service, op).await;
+            return execute(service, metrics, op).await;
         }
         let (reply, receive) = oneshot::channel();
         let kind = match &op {

@@ -116,6 +116,15 @@ impl<S: PartitionService> ShardCtx<S> {
         let (partitions, leaders) = self.service.counts();
         self.metrics.partitions.store(partitions, Ordering::Relaxed);
         self.metrics.leaders.store(leaders, Ordering::Relaxed);
+        let snapshot = self.topics.borrow().clone();
+        self.metrics.set_topic_names(
+            snapshot
+                .topics
+                .values()
+                .map(|t| (t.id, t.name.clone()))
+                .collect(),
+        );
+        self.metrics.retain_partitions(&self.service.partitions());
         self.topics_ready.trigger();
         Ok(())
     }
@@ -208,7 +217,7 @@ impl<S: PartitionService> ShardCtx<S> {
                 self.inbound.set(self.inbound.get() + 1);
                 let ctx = self.clone();
                 glommio::spawn_local(async move {
-                    let done = async { Some(execute(&*ctx.service, op).await) };
+                    let done = async { Some(execute(&*ctx.service, &ctx.metrics, op).await) };
                     let cancelled = async {
                         reply.cancellation().await;
                         None
@@ -326,6 +335,7 @@ pub async fn run_shard(start: ShardStart) -> Result<(), ShardError> {
         batch_bytes_max: config.limits.batch_bytes_max,
         record_bytes_max: config.limits.record_bytes_max,
     };
+    let commit_latency = Arc::clone(&metrics.commit_latency);
     let serving = Serving {
         shard,
         config: config.clone(),
@@ -338,9 +348,15 @@ pub async fn run_shard(start: ShardStart) -> Result<(), ShardError> {
     };
     tracing::info!(shard, raft = config.raft.enabled, "partition service");
     if config.raft.enabled {
-        let service = RaftService::open(log, config.broker.node_id, &config.raft, limits)
-            .await
-            .map_err(|error| fail(format!("cannot open the raft groups: {error}")))?;
+        let service = RaftService::open(
+            log,
+            config.broker.node_id,
+            &config.raft,
+            limits,
+            commit_latency,
+        )
+        .await
+        .map_err(|error| fail(format!("cannot open the raft groups: {error}")))?;
         let driver = glommio::spawn_local(service.clone().run());
         service
             .wait_leading()
@@ -491,7 +507,7 @@ async fn serve<S: PartitionService>(
         glommio::spawn_local(async move {
             let stop = ctx.all_drained.clone();
             loop {
-                copy_storage_stats(ctx.service.log(), &ctx.metrics);
+                copy_storage_stats(&*ctx.service, &ctx.metrics);
                 let tick = glommio::timer::sleep(interval);
                 futures_lite::future::or(tick, stop.listen()).await;
                 if stop.is_triggered() {
@@ -535,13 +551,14 @@ async fn serve<S: PartitionService>(
         .await
         .map_err(|error| fail(format!("cannot sync the shard log on stop: {error}")))?;
     background.await;
-    copy_storage_stats(ctx.service.log(), &ctx.metrics);
+    copy_storage_stats(&*ctx.service, &ctx.metrics);
     tracing::info!(shard, "stopped");
     Ok(())
 }
 
 /// Copies the shard log's counters into the shard's metrics.
-fn copy_storage_stats(log: &ShardLog, metrics: &ShardMetrics) {
+fn copy_storage_stats<S: PartitionService>(service: &S, metrics: &ShardMetrics) {
+    let log = service.log();
     let stats = log.stats();
     let hist = &stats.sync_latency_us;
     let sum_us = (hist.mean() * hist.len() as f64) as u64;

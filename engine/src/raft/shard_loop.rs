@@ -29,6 +29,9 @@ use std::time::{Duration, Instant};
 
 use ::raft::eraftpb::{Message, MessageType};
 use futures_channel::oneshot;
+use std::sync::Arc;
+
+use crate::metrics::LatencyHistogram;
 use shardmq_storage::{EntryRef, PartitionId, ShardLog, StorageError};
 
 use super::error::RaftError;
@@ -123,6 +126,8 @@ struct Waiter {
     /// Resolve once the leader appended the entry (before it is synced
     /// or committed) rather than once it commits.
     on_append: bool,
+    /// When it was proposed (commit latency).
+    proposed_at: Instant,
 }
 
 impl Waiter {
@@ -190,16 +195,22 @@ impl Slot {
         }
     }
 
-    fn on_committed(&mut self, committed: &[CommittedEntry]) -> usize {
+    /// Resolves the waiters of committed entries; records each one's
+    /// proposal-to-commit time in `latency`.
+    fn on_committed(&mut self, committed: &[CommittedEntry], latency: &LatencyHistogram) -> usize {
         let mut resolved = 0;
         for c in committed {
             if let Some(mut w) = self.waiters.remove(&c.index) {
                 let result = match w.base_offset {
-                    Some(base_offset) if w.term == c.term => Ok(ProduceAck {
-                        index: c.index,
-                        term: c.term,
-                        base_offset,
-                    }),
+                    Some(base_offset) if w.term == c.term => {
+                        let us = w.proposed_at.elapsed().as_micros();
+                        latency.observe(u64::try_from(us).unwrap_or(u64::MAX));
+                        Ok(ProduceAck {
+                            index: c.index,
+                            term: c.term,
+                            base_offset,
+                        })
+                    }
                     _ => Err(self.dropped("another entry committed at its index")),
                 };
                 w.send(result);
@@ -276,6 +287,8 @@ pub struct ShardLoop<T: Transport> {
     inbox: RefCell<VecDeque<(PartitionId, Message)>>,
     ticks_pending: Cell<u32>,
     wakeup: Wakeup,
+    /// Proposal-to-commit latency of this node's proposals.
+    commit_latency: Arc<LatencyHistogram>,
 }
 
 impl<T: Transport> std::fmt::Debug for ShardLoop<T> {
@@ -300,7 +313,15 @@ impl<T: Transport> ShardLoop<T> {
             inbox: RefCell::new(VecDeque::new()),
             ticks_pending: Cell::new(0),
             wakeup: Wakeup::default(),
+            commit_latency: Arc::default(),
         }
+    }
+
+    /// Records proposal-to-commit latency into `histogram` (for example
+    /// the shard's metrics) from now on.
+    pub fn with_commit_latency(mut self, histogram: Arc<LatencyHistogram>) -> Self {
+        self.commit_latency = histogram;
+        self
     }
 
     pub fn log(&self) -> &ShardLog {
@@ -416,6 +437,7 @@ impl<T: Transport> ShardLoop<T> {
                 base_offset: None,
                 tx: Some(tx),
                 on_append,
+                proposed_at: Instant::now(),
             },
         );
         assert!(
@@ -537,7 +559,7 @@ impl<T: Transport> ShardLoop<T> {
             let mut slots = self.slots.borrow_mut();
             for (p, w) in &works {
                 let slot = slots.get_mut(p).expect("slot of a ready");
-                report.produces_resolved += slot.on_committed(&w.committed);
+                report.produces_resolved += slot.on_committed(&w.committed, &self.commit_latency);
                 let (adv, failed) = slot.replica.on_persisted();
                 for (ticket, err) in failed {
                     if slot
@@ -551,7 +573,7 @@ impl<T: Transport> ShardLoop<T> {
                 if !adv.messages.is_empty() {
                     self.send(*p, adv.messages, &mut snapshots_sent);
                 }
-                report.produces_resolved += slot.on_committed(&adv.committed);
+                report.produces_resolved += slot.on_committed(&adv.committed, &self.commit_latency);
                 if let Some(hs) = adv.hard_state {
                     commit_writes.push((*p, hs));
                 }
