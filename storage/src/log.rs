@@ -78,6 +78,14 @@ pub struct LogConfig {
     /// one is prepared in the background while the current one fills, and
     /// a roll that comes first takes it as far as it got. Default 64 MiB/s.
     pub prezero_bytes_per_sec: u64,
+    /// Write the active segment through a handle opened with `O_DSYNC`: a
+    /// write that completes is durable, and a sync round is that one write,
+    /// with no fdatasync after it (the device flushes or writes through as
+    /// part of the write). On the reference disk a durable 4 KiB write this
+    /// way took about half of a write followed by an fdatasync. Rounds do
+    /// not overlap in this mode (there is no separate sync stage to overlap
+    /// with). Default false.
+    pub write_through: bool,
 }
 
 impl LogConfig {
@@ -91,6 +99,7 @@ impl LogConfig {
             preallocate: true,
             gc_live_ratio_max: 0.5,
             prezero_bytes_per_sec: 64 << 20,
+            write_through: false,
         }
     }
 
@@ -342,6 +351,9 @@ impl Drop for SpaceWaiter<'_> {
 struct Segment {
     path: PathBuf,
     file: Rc<DmaFile>,
+    /// The `O_DSYNC` handle rounds write through while this is the active
+    /// segment of a write-through log.
+    writer: Option<Rc<DmaFile>>,
     /// Bytes of live Raft entries (headers included) still referenced.
     live_bytes: u64,
     /// End of the last record.
@@ -537,6 +549,7 @@ impl ShardLog {
                 Segment {
                     path,
                     file,
+                    writer: None,
                     live_bytes: 0,
                     end,
                     sealed: true,
@@ -584,11 +597,13 @@ impl ShardLog {
             zero_fill_now(&file, &path, cfg.segment_bytes).await?;
         }
         let staging_buf = file.alloc_dma_buffer(cfg.write_buffer_bytes);
+        let writer = open_writer(&cfg, &path).await?;
         segments.insert(
             next_seq,
             Segment {
                 path,
                 file,
+                writer,
                 live_bytes: 0,
                 end: 0,
                 sealed: false,
@@ -961,17 +976,20 @@ impl ShardLog {
             }
             _ => create_segment(&cfg, new_seq).await?,
         };
+        let writer = open_writer(&cfg, &path).await?;
         {
             let mut inner = self.shared.inner.borrow_mut();
             let buf = file.alloc_dma_buffer(inner.cfg.write_buffer_bytes);
             if let Some(seg) = inner.segments.get_mut(&old_seq) {
                 seg.sealed = true;
+                seg.writer = None;
             }
             inner.segments.insert(
                 new_seq,
                 Segment {
                     path,
                     file,
+                    writer,
                     live_bytes: 0,
                     end: 0,
                     sealed: false,
@@ -1152,7 +1170,8 @@ impl ShardLog {
             inner.writing = true;
             let target = inner.appended_lsn;
             let seg = &inner.segments[&inner.active_seq];
-            let (file, path) = (seg.file.clone(), seg.path.clone());
+            let file = seg.writer.as_ref().unwrap_or(&seg.file).clone();
+            let path = seg.path.clone();
             // The next buffer gets room for twice this round's bytes, not
             // always `write_buffer_bytes`; reserve() grows it up to that.
             // A full-size (4 MiB) buffer per round costs an mmap, page
@@ -1183,6 +1202,7 @@ impl ShardLog {
             (file, path, taken, base, target, end)
         };
         let len = buf.len();
+        let started = Instant::now();
         let result = match file.write_at(buf, pos).await {
             Ok(n) if n == len => Ok(()),
             Ok(n) => Err(StorageError::io(
@@ -1203,6 +1223,13 @@ impl ShardLog {
                 Ok(()) => {
                     inner.written_lsn = target;
                     inner.written_end = inner.written_end.max(data_end);
+                    if inner.cfg.write_through {
+                        // Written through: durable now, the round is done.
+                        inner.durable_lsn = inner.durable_lsn.max(target);
+                        inner.stats.sync_rounds += 1;
+                        let us = started.elapsed().as_micros() as u64;
+                        inner.stats.sync_latency_us.saturating_record(us.max(1));
+                    }
                 }
                 Err(e) => inner.poisoned = Some(e.to_string()),
             }
@@ -2080,6 +2107,22 @@ async fn zero_fill_now(file: &Rc<DmaFile>, path: &Path, len: u64) -> Result<()> 
     file.fdatasync()
         .await
         .map_err(|e| StorageError::glommio("fdatasync zeroed segment", path, e))
+}
+
+/// The write-through handle of a segment about to become active (`None`
+/// unless the log writes through).
+async fn open_writer(cfg: &LogConfig, path: &Path) -> Result<Option<Rc<DmaFile>>> {
+    if !cfg.write_through {
+        return Ok(None);
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DSYNC)
+        .dma_open(path)
+        .await
+        .map_err(|e| StorageError::glommio("open segment for write-through", path, e))?;
+    Ok(Some(Rc::new(file)))
 }
 
 async fn create_segment(cfg: &LogConfig, seq: u32) -> Result<(Rc<DmaFile>, PathBuf)> {

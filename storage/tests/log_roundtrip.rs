@@ -483,3 +483,37 @@ fn garbage_segment_files_never_crash_recovery() {
         });
     }
 }
+
+#[test]
+fn written_through_rounds_are_durable_without_fdatasync() {
+    let dir = tempfile::tempdir().unwrap();
+    let parts = [3u64, 4];
+    let config = || {
+        let mut cfg = small_config(dir.path());
+        cfg.write_through = true;
+        cfg
+    };
+    let expect = run(|| async {
+        let (log, _) = ShardLog::open(config()).await.unwrap();
+        for &p in &parts {
+            log.create_partition(p).await.unwrap();
+        }
+        let before = log.stats();
+        // Enough to roll several 64 KiB segments.
+        let expect = fill(&log, &parts, 120, 0).await;
+        let after = log.stats();
+        assert!(log.segment_count() > 2, "rolled");
+        assert!(after.sync_rounds > before.sync_rounds);
+        // Only the directory syncs of the rolls: no fdatasync of data.
+        let rolls = after.segments_rolled - before.segments_rolled;
+        assert_eq!(after.fdatasync_calls - before.fdatasync_calls, rolls);
+        check(&log, &parts, &expect).await;
+        // No close: what sync() returned for must be on disk as it is.
+        drop(log);
+        expect
+    });
+    run(|| async {
+        let (log, _) = ShardLog::open(config()).await.unwrap();
+        check(&log, &parts, &expect).await;
+    });
+}

@@ -228,10 +228,11 @@ async fn append_one(
     });
 }
 
-fn check_ops(ops: Vec<Op>) {
+fn check_ops(ops: Vec<Op>, write_through: bool) {
     let dir = tempfile::tempdir().unwrap();
     run(|| async {
-        let cfg = small_config(dir.path());
+        let mut cfg = small_config(dir.path());
+        cfg.write_through = write_through;
         let (mut log, _) = ShardLog::open(cfg.clone()).await.unwrap();
         let mut model: Model = BTreeMap::new();
         for p in 0..PARTITIONS {
@@ -438,6 +439,13 @@ proptest! {
 
     #[test]
     fn log_matches_model_across_crashes(ops in proptest::collection::vec(op(), 1..70)) {
-        check_ops(ops);
+        check_ops(ops, false);
+    }
+
+    #[test]
+    fn log_written_through_matches_model_across_crashes(
+        ops in proptest::collection::vec(op(), 1..70),
+    ) {
+        check_ops(ops, true);
     }
 }

@@ -84,6 +84,11 @@ struct Args {
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     prezero_bytes_per_sec: u64,
 
+    /// Write segments through an O_DSYNC handle (each round one durable
+    /// write, no fdatasync), see the storage configuration.
+    #[arg(long)]
+    write_through: bool,
+
     /// Seconds at the start whose operations and counters are excluded.
     #[arg(long, default_value_t = 1.0)]
     warmup_secs: f64,
@@ -268,6 +273,7 @@ async fn bench(args: &Args, dir: PathBuf, payload: Vec<u8>) -> Result<Results, B
     cfg.segment_bytes = args.segment_bytes;
     cfg.write_buffer_bytes = usize::try_from(args.write_buffer_bytes)?;
     cfg.prezero_bytes_per_sec = args.prezero_bytes_per_sec;
+    cfg.write_through = args.write_through;
     cfg.entry_bytes_max = cfg
         .entry_bytes_max
         .max(payload.len())
@@ -472,6 +478,7 @@ fn report(args: &Args, r: &Results) -> Result<(), BoxError> {
             "segment_bytes": args.segment_bytes,
             "write_buffer_bytes": args.write_buffer_bytes,
             "prezero_bytes_per_sec": args.prezero_bytes_per_sec,
+            "write_through": args.write_through,
             "warmup_secs": args.warmup_secs,
             "elapsed_secs": r.elapsed_s,
             "ops": r.ops,
