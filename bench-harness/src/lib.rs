@@ -1,4 +1,5 @@
-//! `shardmq-bench-harness`: benchmark binaries and their workload files.
+//! `shardmq-bench-harness`: benchmark binaries, their library and their
+//! workload files.
 //!
 //! - `shardmq-storage-bench` (src/bin/shardmq-storage-bench.rs): synced
 //!   appends against one `shardmq-storage` shard log on one pinned glommio
@@ -7,8 +8,35 @@
 //!   percentiles and the group-commit counters (rounds, fdatasync calls per
 //!   round, appends per round). `tools/storage-vs-fio.sh` runs it next to
 //!   fio on the same filesystem; reports live in `perf-reports/`.
-//! - `shardmq-bench` (planned): OpenMessaging-Benchmark-style workloads
-//!   against a broker through the SDK, measuring latency without coordinated
-//!   omission and writing reports to `perf-reports/`.
+//! - `shardmq-bench` (src/bin/shardmq-bench.rs): `produce|consume|e2e`
+//!   drive a running broker through the SDK; `run` runs an
+//!   OpenMessaging-Benchmark-style workload file ([`workload`]) against
+//!   shardmq and, with `--peer nats`, against NATS JetStream in the same
+//!   run, and writes a report directory ([`report`]).
+//!
+//! The library: [`workload`] (workload files), [`schedule`] (the rate
+//! limiter: open-loop send times), [`payload`] (values carrying their
+//! intended send time, keys), [`stats`] (histograms, merging, process CPU),
+//! [`search`] (the max-rate search), [`driver`] (the `Driver` trait, shardmq
+//! and NATS JetStream), [`measure`] (one measured run), [`compare`] (best
+//! runs, ratios, the summary table), [`procs`] (servers the harness starts)
+//! and [`runner`] (the `run` command).
+//!
+//! Invariants: latency is measured from the intended send time, never from
+//! the moment a late producer got around to sending (no coordinated
+//! omission); warm-up is never measured; every server the harness starts it
+//! also stops; the harness depends on the broker only through the SDK and
+//! the broker's command line, never on `engine` or `storage` internals
+//! (`shardmq-storage-bench` excepted, which measures storage alone).
 
+pub mod compare;
+pub mod driver;
+pub mod measure;
+pub mod payload;
+pub mod procs;
 pub mod report;
+pub mod runner;
+pub mod schedule;
+pub mod search;
+pub mod stats;
+pub mod workload;

@@ -1,5 +1,9 @@
-//! `shardmq-bench`: a load generator for a running broker, through the SDK.
+//! `shardmq-bench`: the whole-system benchmark.
 //!
+//! * `run`: an OpenMessaging-Benchmark-style workload file against shardmq
+//!   (a local broker it starts, or `--bootstrap`) and, with `--peer nats`,
+//!   against a local `nats-server -js` in the same run; prints a summary
+//!   table and the ratio, and writes `perf-reports/<date>-<workload>/`.
 //! * `produce`: K producers send fixed-size records round-robin over the
 //!   topic's partitions and record the publish latency (enqueue to ack).
 //! * `consume`: one consumer reads every partition from the earliest offset
@@ -7,20 +11,25 @@
 //!   record's value).
 //! * `e2e`: both at once.
 //!
-//! Every record's value starts with its send time (u64 big-endian, ns since
-//! the UNIX epoch), then zero padding up to `--size`. With `--rate` each send
-//! is scheduled at its intended time and latencies are measured from that
-//! time, so a stalled broker is charged for the sends it delayed (no
-//! coordinated omission).
+//! Every record's value starts with its intended send time (u64
+//! big-endian, ns since the UNIX epoch), then padding up to the size. At a
+//! fixed rate each send is scheduled at its intended time and latencies are
+//! measured from that time, so a stalled broker is charged for the sends it
+//! delayed (no coordinated omission).
 
 use std::error::Error;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use clap::{ArgGroup, Parser, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
+use shardmq_bench_harness::payload::{epoch_ns, read_timestamp};
+use shardmq_bench_harness::runner::{self, Peer, RunOptions};
+use shardmq_bench_harness::schedule::Schedule;
+use shardmq_bench_harness::stats::new_histogram;
 use shardmq_client::{
     Acks, Admin, ClientConfig, Consumer, ConsumerConfig, ErrorCode, Partitioner, Producer,
     ProducerConfig, ProducerRecord, SeekTo,
@@ -28,10 +37,6 @@ use shardmq_client::{
 use tokio::sync::mpsc;
 
 type BoxError = Box<dyn Error + Send + Sync>;
-
-/// Largest latency the histograms hold (1 hour in µs); larger values are
-/// clamped to it.
-const LATENCY_MAX_US: u64 = 3_600_000_000;
 
 /// How long the e2e consumer keeps reading after the producers finished.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
@@ -66,14 +71,90 @@ impl From<AcksArg> for Acks {
     }
 }
 
-/// Load generator for a shardmq broker.
+/// The whole-system benchmark of shardmq.
 #[derive(Debug, Parser)]
 #[command(name = "shardmq-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run a workload file against shardmq (and a peer) and write a report.
+    ///
+    /// By default against a shardmq-broker the harness starts (the binary
+    /// beside this one, a temporary data directory, ports on 127.0.0.1);
+    /// with --peer nats also against a nats-server -js it starts,
+    /// alternating shardmq acks=all, shardmq acks=leader and NATS
+    /// JetStream, each on fresh topics. Fixed-rate producers send each
+    /// record at its intended time and latency is measured from that time.
+    /// A workload with producer_rate = 0 first searches each driver's max
+    /// sustainable rate (short trials, doubling then bisecting). Prints a
+    /// stats line every few seconds on stderr, then the summary table, each
+    /// driver's durability and the ratio on stdout, and writes
+    /// <OUT>/<date>-<workload>/ (report.md, report.json, SVG plots) and
+    /// the index <OUT>/README.md. Ctrl-C stops the servers it started.
+    Run(RunArgs),
+    /// Only produce to a running broker, measuring publish latency.
+    Produce(LoadArgs),
+    /// Only consume from a running broker, measuring end-to-end latency.
+    Consume(LoadArgs),
+    /// Produce and consume at once against a running broker.
+    E2e(LoadArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PeerArg {
+    /// NATS JetStream: the harness starts `nats-server -js` itself.
+    Nats,
+}
+
+/// Options of `run`.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Workload file (TOML; see bench-harness/workloads/).
+    #[arg(long, value_name = "FILE")]
+    workload: PathBuf,
+    /// Also run the workload against this peer, started by the harness.
+    #[arg(long, value_enum)]
+    peer: Option<PeerArg>,
+    /// Use this running shardmq broker instead of starting one (its CPU is
+    /// then not measured).
+    #[arg(long, value_name = "HOST:PORT")]
+    bootstrap: Option<String>,
+    /// The shardmq-broker binary [default: beside this executable].
+    #[arg(long, value_name = "PATH")]
+    broker_bin: Option<PathBuf>,
+    /// The nats-server binary [default: nats-server on PATH].
+    #[arg(long, value_name = "PATH")]
+    nats_bin: Option<PathBuf>,
+    /// Directory under which the servers' temporary data directories are
+    /// made (put it on the disk to measure) [default: $TMPDIR or /var/tmp].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Shards of the broker the harness starts [default: available cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    shards: Option<u32>,
+    /// Run the whole alternation this many times.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    repeat: u32,
+    /// Directory the report directory is written into.
+    #[arg(long, value_name = "DIR", default_value = "perf-reports")]
+    out: PathBuf,
+    /// Override the workload's warm-up, in seconds.
+    #[arg(long, value_name = "S")]
+    warmup: Option<f64>,
+    /// Override the workload's measured duration, in seconds.
+    #[arg(long, value_name = "S")]
+    duration: Option<f64>,
+}
+
+/// Load against a running broker.
+#[derive(Debug, Args)]
 #[command(group(ArgGroup::new("amount").required(true).args(["messages", "duration"])))]
-struct Args {
-    /// What to run: produce, consume, or e2e (both at once).
-    #[arg(value_enum)]
-    mode: Mode,
+struct LoadArgs {
     /// Address of a broker to bootstrap from (HOST:PORT).
     #[arg(long, value_name = "HOST:PORT")]
     bootstrap: String,
@@ -138,16 +219,6 @@ impl Counters {
     }
 }
 
-fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, LATENCY_MAX_US, 3).expect("valid histogram bounds")
-}
-
-fn epoch_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 #[derive(Debug)]
 struct Summary {
     messages: u64,
@@ -186,8 +257,14 @@ fn print_latency(what: &str, h: &Histogram<u64>) {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args).await {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Run(args) => run_workload(args).await,
+        Cmd::Produce(args) => load(Mode::Produce, args).await,
+        Cmd::Consume(args) => load(Mode::Consume, args).await,
+        Cmd::E2e(args) => load(Mode::E2e, args).await,
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("shardmq-bench: {error}");
@@ -196,7 +273,34 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> Result<(), BoxError> {
+/// `run`: the workload against shardmq (and the peer); stops on Ctrl-C or
+/// SIGTERM, stopping the servers it started.
+async fn run_workload(args: RunArgs) -> Result<(), BoxError> {
+    let options = RunOptions {
+        workload: args.workload,
+        peer: args.peer.map(|PeerArg::Nats| Peer::Nats),
+        bootstrap: args.bootstrap,
+        broker_bin: args.broker_bin,
+        nats_bin: args.nats_bin,
+        data_dir: args.data_dir,
+        shards: args.shards,
+        repeat: args.repeat,
+        out: args.out,
+        warmup: args.warmup,
+        duration: args.duration,
+        command_line: runner::shell_command_line(std::env::args()),
+    };
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Dropping the run's future on a signal drops its servers, which stops
+    // them.
+    tokio::select! {
+        result = runner::run(options) => result.map(|_| ()),
+        _ = tokio::signal::ctrl_c() => Err("interrupted (Ctrl-C); stopped the servers it started".into()),
+        _ = terminate.recv() => Err("terminated (SIGTERM); stopped the servers it started".into()),
+    }
+}
+
+async fn load(mode: Mode, args: LoadArgs) -> Result<(), BoxError> {
     let amount = match (args.messages, args.duration) {
         (Some(n), _) => Amount::Messages(n),
         (None, Some(s)) if s.is_finite() && s > 0.0 => Amount::Duration(Duration::from_secs_f64(s)),
@@ -223,17 +327,17 @@ async fn run(args: Args) -> Result<(), BoxError> {
 
     let counters = Arc::new(Counters::default());
     let run_start = Instant::now();
-    let progress = tokio::spawn(progress(args.mode, Arc::clone(&counters), run_start));
+    let progress = tokio::spawn(progress(mode, Arc::clone(&counters), run_start));
 
-    let produce = matches!(args.mode, Mode::Produce | Mode::E2e);
-    let consume = matches!(args.mode, Mode::Consume | Mode::E2e);
+    let produce = matches!(mode, Mode::Produce | Mode::E2e);
+    let consume = matches!(mode, Mode::Consume | Mode::E2e);
 
     let consumer_task = consume.then(|| {
         tokio::spawn(consume_all(
             client.clone(),
             args.topic.clone(),
             amount,
-            args.mode == Mode::E2e,
+            mode == Mode::E2e,
             Arc::clone(&counters),
         ))
     });
@@ -310,7 +414,7 @@ async fn progress(mode: Mode, counters: Arc<Counters>, start: Instant) {
 /// Runs the producers; returns the summary of acknowledged records and the
 /// publish latency histogram (µs).
 async fn produce_all(
-    args: &Args,
+    args: &LoadArgs,
     client: ClientConfig,
     amount: Amount,
     counters: Arc<Counters>,
@@ -359,9 +463,7 @@ async fn produce_all(
             size: args.size as usize,
             // Producer i sends the global sequence numbers i, i+k, i+2k, ...
             // and sequence number s is due at start + s / rate.
-            rate: args.rate,
-            index: i,
-            stride: k,
+            schedule: args.rate.map(|rate| Schedule::new(rate, i, k)),
             share,
             deadline,
             start,
@@ -393,9 +495,8 @@ struct ProducerJob {
     producer: Producer,
     topic: String,
     size: usize,
-    rate: Option<f64>,
-    index: u64,
-    stride: u64,
+    /// When each send is due (open loop), or `None` (closed loop).
+    schedule: Option<Schedule>,
     share: Option<u64>,
     deadline: Option<Instant>,
     start: Instant,
@@ -413,10 +514,9 @@ impl ProducerJob {
                 break;
             }
             // The moment this send is due (open loop) or now (closed loop).
-            let intended = match self.rate {
-                Some(rate) => {
-                    let seq = sent * self.stride + self.index;
-                    let due = self.start + Duration::from_secs_f64(seq as f64 / rate);
+            let intended = match self.schedule {
+                Some(schedule) => {
+                    let due = self.start + schedule.due_offset(sent);
                     if self.deadline.is_some_and(|d| due >= d) {
                         break;
                     }
@@ -529,8 +629,7 @@ async fn consume_all(
                 continue;
             };
             bytes += value.len() as u64;
-            if let Some(ts) = value.get(..8) {
-                let ts = u64::from_be_bytes(ts.try_into().expect("8 bytes"));
+            if let Some(ts) = read_timestamp(value) {
                 hist.saturating_record(now_ns.saturating_sub(ts) / 1_000);
             }
         }

@@ -1,40 +1,95 @@
 //! Benchmark reports: the data ([`model`]) and its renderings.
 //!
-//! A report directory `perf-reports/<date>-<workload>/` holds `report.json`
-//! (the [`model::Report`]), `report.md` and the SVG plots.
+//! A report directory `perf-reports/<date>-<workload>/` holds
+//! `report.json` (the [`model::Report`], pretty-printed), `report.md`
+//! ([`markdown`]) and three SVG plots ([`svg`]): publish and end-to-end
+//! latency by percentile, and throughput over time. `perf-reports/README.md`
+//! indexes the reports, newest first ([`index`]).
+//!
+//! Rendering is pure (a `Report` in, text out) and never fails on odd
+//! figures: NaN, empty histograms and zero durations render as "n/a",
+//! zeros or empty plots. Only writing the files can fail. [`detect_machine`],
+//! [`git_commit`] and [`now_rfc3339`] gather what a report records about
+//! where and when it ran.
 
+mod clock;
+pub mod format;
+pub mod index;
+mod machine;
+pub mod markdown;
 pub mod model;
+pub mod svg;
 
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use model::{Machine, Report};
+pub use clock::{now_rfc3339, rfc3339_from_unix_secs};
+pub use index::update_index;
+pub use machine::{detect_machine, git_commit};
 
-/// Writes `<reports_dir>/<date>-<workload>/` with every file of the report
-/// and returns that directory.
+use model::Report;
+
+/// File name of the serialized report.
+pub const REPORT_JSON: &str = "report.json";
+
+/// Bound on the characters of the workload part of a report directory's
+/// name.
+const DIR_WORKLOAD_CHARS_MAX: usize = 64;
+
+/// Writes `<reports_dir>/<YYYY-MM-DD>-<workload>/` with every file of the
+/// report (`report.json`, `report.md` and the SVG plots, replacing any
+/// previous ones) and returns that directory.
 pub fn write_report_dir(report: &Report, reports_dir: &Path) -> io::Result<PathBuf> {
-    let date = report.started_at.get(..10).unwrap_or("undated");
-    let dir = reports_dir.join(format!("{date}-{}", report.workload));
-    std::fs::create_dir_all(&dir)?;
+    let dir = reports_dir.join(report_dir_name(report));
+    fs::create_dir_all(&dir).map_err(|e| with_path(e, "creating", &dir))?;
     let json = serde_json::to_string_pretty(report).map_err(io::Error::other)?;
-    std::fs::write(dir.join("report.json"), json)?;
+    let files = [
+        (REPORT_JSON, json + "\n"),
+        (markdown::REPORT_MD, markdown::render_markdown(report)),
+        (svg::PUBLISH_LATENCY_SVG, svg::publish_latency_svg(report)),
+        (
+            svg::END_TO_END_LATENCY_SVG,
+            svg::end_to_end_latency_svg(report),
+        ),
+        (svg::THROUGHPUT_SVG, svg::throughput_svg(report)),
+    ];
+    for (name, text) in files {
+        let path = dir.join(name);
+        fs::write(&path, text).map_err(|e| with_path(e, "writing", &path))?;
+    }
     Ok(dir)
 }
 
-/// Adds (or replaces) the line for `report_dir` in `<reports_dir>/README.md`,
-/// newest first.
-pub fn update_index(_reports_dir: &Path, _report_dir: &Path, _report: &Report) -> io::Result<()> {
-    Ok(())
+/// `<YYYY-MM-DD>-<workload>`: the date the report started and its workload
+/// name, with anything but letters, digits, `-`, `_` and `.` turned into
+/// `-` so the name is one path component.
+pub fn report_dir_name(report: &Report) -> String {
+    let date = report
+        .started_at
+        .get(..10)
+        .filter(|d| d.bytes().all(|b| b.is_ascii_digit() || b == b'-'))
+        .unwrap_or("undated");
+    let workload: String = report
+        .workload
+        .chars()
+        .take(DIR_WORKLOAD_CHARS_MAX)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let workload = workload.trim_matches('.');
+    if workload.is_empty() {
+        format!("{date}-workload")
+    } else {
+        format!("{date}-{workload}")
+    }
 }
 
-/// Describes the machine whose disk holds `data_dir`.
-pub fn detect_machine(_data_dir: &Path) -> Machine {
-    Machine {
-        cpu_model: "unknown".into(),
-        cores: 0,
-        memory_bytes: 0,
-        kernel: "unknown".into(),
-        disk: "unknown".into(),
-        filesystem: "unknown".into(),
-    }
+fn with_path(e: io::Error, op: &str, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{op} {}: {e}", path.display()))
 }

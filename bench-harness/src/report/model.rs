@@ -95,6 +95,18 @@ pub struct DriverRun {
     pub first_error: Option<String>,
 }
 
+impl DriverRun {
+    /// The run's name in tables and legends: driver, mode and repetition,
+    /// e.g. "shardmq acks=all #1".
+    pub fn label(&self) -> String {
+        if self.mode.is_empty() {
+            format!("{} #{}", self.driver, self.repetition)
+        } else {
+            format!("{} {} #{}", self.driver, self.mode, self.repetition)
+        }
+    }
+}
+
 /// One trial of the max-rate search.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RateTrial {

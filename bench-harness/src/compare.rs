@@ -1,0 +1,254 @@
+//! shardmq against its peer: the best run of each, the ratios, and the
+//! summary table printed at the end of `shardmq-bench run`.
+//!
+//! The best run of a driver and mode is the one with the highest produce
+//! throughput when the workload searched the max rate, and the one with the
+//! lowest publish p99 when it ran at a fixed rate (every run then has the
+//! same throughput, so latency is what differs).
+//!
+//! The ratios of [`Comparison`] take shardmq with `acks=leader` when it ran,
+//! since that mode acknowledges before fsync as nats-server does: the same
+//! durability class. The headline gives `acks=all` (acknowledged after
+//! fdatasync) beside it, so neither figure is read alone.
+
+use std::fmt::Write as _;
+
+use crate::report::model::{Comparison, DriverRun};
+
+/// The driver name of shardmq runs.
+pub const SHARDMQ: &str = "shardmq";
+
+/// How the best of several runs is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BestBy {
+    /// Highest produce msg/s (max-rate workloads).
+    Throughput,
+    /// Lowest publish p99 (fixed-rate workloads).
+    PublishP99,
+}
+
+/// The best run of `driver` in `mode`, if it ran.
+pub fn best_run<'a>(
+    runs: &'a [DriverRun],
+    driver: &str,
+    mode: &str,
+    by: BestBy,
+) -> Option<&'a DriverRun> {
+    runs.iter()
+        .filter(|r| r.driver == driver && r.mode == mode)
+        .min_by(|a, b| match by {
+            BestBy::Throughput => b
+                .throughput
+                .produce_msg_per_s
+                .total_cmp(&a.throughput.produce_msg_per_s),
+            BestBy::PublishP99 => a.publish_latency.p99.cmp(&b.publish_latency.p99),
+        })
+}
+
+/// A ratio that stays finite (JSON has no infinity): 0 when the
+/// denominator is 0.
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 && a.is_finite() {
+        a / b
+    } else {
+        0.0
+    }
+}
+
+/// What a peer is called in prose.
+pub fn display_name(driver: &str) -> &str {
+    match driver {
+        "nats-jetstream" => "NATS JetStream",
+        other => other,
+    }
+}
+
+/// shardmq against `peer` from `runs`, or `None` if either did not run.
+pub fn compare(runs: &[DriverRun], peer: &str, by: BestBy) -> Option<Comparison> {
+    let peer_run = runs.iter().find(|r| r.driver == peer)?;
+    let peer_best = best_run(runs, peer, &peer_run.mode, by)?;
+    let leader = best_run(runs, SHARDMQ, "acks=leader", by);
+    let all = best_run(runs, SHARDMQ, "acks=all", by);
+    let main = leader.or(all)?;
+    let figures = |run: &DriverRun| {
+        (
+            ratio(
+                run.throughput.produce_msg_per_s,
+                peer_best.throughput.produce_msg_per_s,
+            ),
+            ratio(
+                run.publish_latency.p99 as f64,
+                peer_best.publish_latency.p99 as f64,
+            ),
+        )
+    };
+    let (throughput_ratio, p99_ratio) = figures(main);
+    let peer_name = display_name(peer);
+    let mut headline = format!(
+        "shardmq {} {throughput_ratio:.2}x {peer_name} throughput, publish p99 {p99_ratio:.2}x",
+        main.mode
+    );
+    if leader.is_some() {
+        if let Some(all) = all {
+            let (t, p) = figures(all);
+            let _ = write!(
+                headline,
+                "; acks=all (after fdatasync) {t:.2}x, p99 {p:.2}x"
+            );
+        }
+    }
+    Some(Comparison {
+        peer: peer.to_owned(),
+        throughput_ratio,
+        publish_p50_ratio: ratio(
+            main.publish_latency.p50 as f64,
+            peer_best.publish_latency.p50 as f64,
+        ),
+        publish_p99_ratio: p99_ratio,
+        publish_p999_ratio: ratio(
+            main.publish_latency.p999 as f64,
+            peer_best.publish_latency.p999 as f64,
+        ),
+        headline,
+    })
+}
+
+/// The summary table of every run, as printed to stdout.
+pub fn summary_table(runs: &[DriverRun]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<15} {:<12} {:>3} {:>10} {:>10} {:>8} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>8} {:>6}",
+        "driver", "mode", "#", "target/s", "prod/s", "MB/s", "cons/s", "pub p50", "pub p99",
+        "p99.9", "delay p99", "e2e p50", "e2e p99", "backlog", "srv s/GB", "errors"
+    );
+    for r in runs {
+        let server_cpu = r
+            .processes
+            .iter()
+            .find(|p| p.name != "shardmq-bench")
+            .map_or("-".to_owned(), |p| format!("{:.1}", p.cpu_seconds_per_gb));
+        let target = r
+            .target_rate
+            .map_or("max".to_owned(), |t| format!("{t:.0}"));
+        let _ = writeln!(
+            out,
+            "{:<15} {:<12} {:>3} {:>10} {:>10.0} {:>8.2} {:>10.0} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>8} {:>6}",
+            r.driver,
+            r.mode,
+            r.repetition,
+            target,
+            r.throughput.produce_msg_per_s,
+            r.throughput.produce_mb_per_s,
+            r.throughput.consume_msg_per_s,
+            r.publish_latency.p50,
+            r.publish_latency.p99,
+            r.publish_latency.p999,
+            r.publish_delay.p99,
+            r.end_to_end_latency.p50,
+            r.end_to_end_latency.p99,
+            r.backlog_max,
+            server_cpu,
+            r.errors
+        );
+    }
+    out.push_str("latencies in µs; backlog = most messages sent and not yet consumed\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::report::model::{LatencySummary, Throughput};
+    use crate::stats::new_histogram;
+
+    fn run(driver: &str, mode: &str, rep: u32, msg_per_s: f64, p99_us: u64) -> DriverRun {
+        let mut h = new_histogram();
+        for _ in 0..99 {
+            h.record(p99_us / 2).unwrap();
+        }
+        h.record(p99_us).unwrap();
+        let latency = LatencySummary::from_histogram(&h);
+        DriverRun {
+            driver: driver.into(),
+            mode: mode.into(),
+            durability: String::new(),
+            repetition: rep,
+            config: BTreeMap::new(),
+            target_rate: None,
+            rate_search: Vec::new(),
+            throughput: Throughput {
+                seconds: 1.0,
+                produced_messages: msg_per_s as u64,
+                produced_bytes: 0,
+                consumed_messages: 0,
+                consumed_bytes: 0,
+                produce_msg_per_s: msg_per_s,
+                produce_mb_per_s: 0.0,
+                consume_msg_per_s: 0.0,
+                consume_mb_per_s: 0.0,
+            },
+            publish_latency: latency.clone(),
+            publish_delay: latency.clone(),
+            end_to_end_latency: latency,
+            backlog_max: 0,
+            backlog_end: 0,
+            timeline: Vec::new(),
+            processes: Vec::new(),
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    #[test]
+    fn best_runs_and_ratios() {
+        let runs = vec![
+            run(SHARDMQ, "acks=all", 1, 1000.0, 4000),
+            run(SHARDMQ, "acks=leader", 1, 2000.0, 1000),
+            run("nats-jetstream", "R1 file", 1, 1000.0, 2000),
+            run(SHARDMQ, "acks=all", 2, 1500.0, 3000),
+            run(SHARDMQ, "acks=leader", 2, 1800.0, 900),
+            run("nats-jetstream", "R1 file", 2, 800.0, 1800),
+        ];
+        let by_rate = compare(&runs, "nats-jetstream", BestBy::Throughput).unwrap();
+        // Leader's best by throughput is rep 1 (2000), nats's is rep 1 (1000).
+        assert!((by_rate.throughput_ratio - 2.0).abs() < 1e-9);
+        assert!(by_rate
+            .headline
+            .starts_with("shardmq acks=leader 2.00x NATS JetStream"));
+        assert!(by_rate
+            .headline
+            .contains("acks=all (after fdatasync) 1.50x"));
+
+        let by_p99 = compare(&runs, "nats-jetstream", BestBy::PublishP99).unwrap();
+        // Leader's lowest p99 is rep 2 (900 µs), nats's is rep 2 (1800 µs).
+        let expected = 900.0 / 1800.0;
+        assert!(
+            (by_p99.publish_p99_ratio - expected).abs() < 0.01,
+            "{by_p99:?}"
+        );
+        assert!(by_p99.throughput_ratio > 2.0);
+    }
+
+    #[test]
+    fn no_peer_no_comparison() {
+        let runs = vec![run(SHARDMQ, "acks=all", 1, 1000.0, 4000)];
+        assert!(compare(&runs, "nats-jetstream", BestBy::Throughput).is_none());
+        let table = summary_table(&runs);
+        assert!(table.contains("acks=all"));
+    }
+
+    #[test]
+    fn ratios_stay_finite() {
+        let runs = vec![
+            run(SHARDMQ, "acks=all", 1, 1000.0, 0),
+            run("nats-jetstream", "R1 file", 1, 0.0, 0),
+        ];
+        let c = compare(&runs, "nats-jetstream", BestBy::Throughput).unwrap();
+        assert_eq!(c.throughput_ratio, 0.0);
+        assert!(c.publish_p99_ratio.is_finite());
+        assert!(c.headline.starts_with("shardmq acks=all"));
+    }
+}

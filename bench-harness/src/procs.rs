@@ -1,0 +1,317 @@
+//! Server processes the harness starts and stops itself: a local
+//! `shardmq-broker` and, with `--peer nats`, a local `nats-server -js`.
+//!
+//! Each runs in a fresh temporary data directory on 127.0.0.1 ports, writes
+//! its output to a log file beside that directory, and is stopped (SIGTERM,
+//! then SIGKILL after a grace period) when its [`ServerProcess`] is stopped
+//! or dropped, so an error or Ctrl-C never leaves one running.
+
+use std::fmt;
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to accept connections.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a server may take to exit after SIGTERM before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(15);
+/// Ports tried per [`free_port`] call.
+const PORT_BLOCK: u16 = 20;
+/// Lines of a server's log quoted in an error.
+const LOG_TAIL_LINES: usize = 20;
+
+/// A server that could not be started.
+#[derive(Debug)]
+pub struct ProcError(pub String);
+
+impl fmt::Display for ProcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ProcError {}
+
+/// A free port on 127.0.0.1 below the kernel's ephemeral range (32768 and
+/// up). The broker binds with SO_REUSEPORT, so a port the kernel hands out
+/// for port 0 could silently be shared with another broker; ports here are
+/// never handed out that way. Each harness process takes its own block of
+/// ports, by pid, apart from the blocks the test suites use.
+pub fn free_port() -> Result<u16, ProcError> {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let block = 12_000 + (std::process::id() % 400) as u16 * PORT_BLOCK;
+    for _ in 0..PORT_BLOCK {
+        let port = block + NEXT.fetch_add(1, Ordering::Relaxed) % PORT_BLOCK;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(ProcError(format!(
+        "no free port on 127.0.0.1 in {block}..{}",
+        block + PORT_BLOCK
+    )))
+}
+
+/// Finds `name` on `PATH`, then in the sbin directories Debian installs
+/// daemons into (which a non-root `PATH` may lack).
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// The first line a binary prints for `--version`, or "unknown".
+pub fn binary_version(bin: &Path, flag: &str) -> String {
+    Command::new(bin)
+        .arg(flag)
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|out| {
+            let text = if out.stdout.is_empty() {
+                out.stderr
+            } else {
+                out.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .map(|l| l.trim().to_owned())
+        })
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// A running server process the harness owns.
+#[derive(Debug)]
+pub struct ServerProcess {
+    /// e.g. "shardmq-broker", "nats-server".
+    name: &'static str,
+    child: Option<Child>,
+    /// Where it accepts clients (HOST:PORT).
+    addr: String,
+    log: PathBuf,
+    /// Its data directory, removed when the process is dropped.
+    _data: tempfile::TempDir,
+}
+
+impl ServerProcess {
+    /// Starts `command` (whose output goes to a log file beside `data`) and
+    /// waits until `addr` accepts connections.
+    pub async fn start(
+        name: &'static str,
+        mut command: Command,
+        addr: String,
+        data: tempfile::TempDir,
+    ) -> Result<Self, ProcError> {
+        let mut log = data.path().as_os_str().to_owned();
+        log.push(".log");
+        let log = PathBuf::from(log);
+        let log_file = File::create(&log)
+            .map_err(|e| ProcError(format!("cannot create {}: {e}", log.display())))?;
+        let log_err = log_file
+            .try_clone()
+            .map_err(|e| ProcError(format!("cannot open {}: {e}", log.display())))?;
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log_file))
+            .stderr(Stdio::from(log_err));
+        let child = command
+            .spawn()
+            .map_err(|e| ProcError(format!("cannot start {name}: {e}")))?;
+        let mut server = Self {
+            name,
+            child: Some(child),
+            addr,
+            log,
+            _data: data,
+        };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), ProcError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if TcpStream::connect(&self.addr).is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(ProcError(format!(
+                        "{} exited during start-up ({status}); its log:\n{}",
+                        self.name,
+                        self.log_tail()
+                    )));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ProcError(format!(
+                    "{} did not accept connections on {} within {} s; its log:\n{}",
+                    self.name,
+                    self.addr,
+                    START_TIMEOUT.as_secs(),
+                    self.log_tail()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last lines of the server's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
+    }
+
+    /// e.g. "shardmq-broker".
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// HOST:PORT where it accepts clients.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Stops it: SIGTERM, then SIGKILL after [`STOP_GRACE`]. Returns how it
+    /// exited.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: kill(2) on our own child's pid, which it still is:
+            // the child has not been waited for yet.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => break,
+            }
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A temporary data directory under `parent` named after `prefix`.
+pub fn data_dir(parent: &Path, prefix: &str) -> Result<tempfile::TempDir, ProcError> {
+    std::fs::create_dir_all(parent)
+        .map_err(|e| ProcError(format!("cannot create {}: {e}", parent.display())))?;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(parent)
+        .map_err(|e| {
+            ProcError(format!(
+                "cannot create a directory in {}: {e}",
+                parent.display()
+            ))
+        })
+}
+
+/// Starts a local `shardmq-broker` with `shards` shards.
+pub async fn start_broker(
+    bin: &Path,
+    shards: u32,
+    data_parent: &Path,
+) -> Result<ServerProcess, ProcError> {
+    let data = data_dir(data_parent, "shardmq-bench-broker.")?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut command = Command::new(bin);
+    command
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--shards", &shards.to_string()])
+        .args(["--listen", &addr, "--metrics", &metrics]);
+    ServerProcess::start("shardmq-broker", command, addr, data).await
+}
+
+/// Starts a local `nats-server -js` with its store in a fresh directory.
+pub async fn start_nats(bin: &Path, data_parent: &Path) -> Result<ServerProcess, ProcError> {
+    let data = data_dir(data_parent, "shardmq-bench-nats.")?;
+    let port = free_port()?;
+    let mut command = Command::new(bin);
+    command
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(data.path());
+    ServerProcess::start("nats-server", command, format!("127.0.0.1:{port}"), data).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_below_the_ephemeral_range_and_bindable() {
+        let a = free_port().unwrap();
+        let b = free_port().unwrap();
+        assert_ne!(a, b);
+        for port in [a, b] {
+            assert!((12_000..20_000).contains(&port), "{port}");
+            assert!(TcpListener::bind(("127.0.0.1", port)).is_ok());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_that_exits_at_once_is_reported_with_its_log() {
+        let parent = tempfile::tempdir().unwrap();
+        let data = data_dir(parent.path(), "x.").unwrap();
+        let mut command = Command::new("sh");
+        command.args(["-c", "echo broken config >&2; exit 3"]);
+        let err = ServerProcess::start("fake", command, "127.0.0.1:1".into(), data)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fake exited during start-up"), "{err}");
+        assert!(err.contains("broken config"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn stop_ends_a_running_server() {
+        let parent = tempfile::tempdir().unwrap();
+        let data = data_dir(parent.path(), "x.").unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        // A "server" that runs until signalled; the test holds the port.
+        let mut command = Command::new("sleep");
+        command.arg("600");
+        let mut server = ServerProcess::start("sleeper", command, addr, data)
+            .await
+            .unwrap();
+        assert!(server.is_running());
+        let status = server.stop().expect("exit status");
+        assert!(!status.success());
+        assert!(!server.is_running());
+    }
+}

@@ -1,0 +1,483 @@
+//! `report.md`: the report for people. Every figure of the tables comes
+//! from the [`Report`] through [`super::format`], one row per run, runs in
+//! the order they ran; the plots are linked as images beside the file.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use super::format;
+use super::index;
+use super::model::{DriverRun, LatencySummary, Report, TABLE_QUANTILES};
+use super::svg;
+
+/// File name of the markdown report.
+pub const REPORT_MD: &str = "report.md";
+
+/// Section titles, also used to find the sections again in tests.
+pub const THROUGHPUT_SECTION: &str = "## Throughput";
+pub const PUBLISH_LATENCY_SECTION: &str = "## Publish latency";
+pub const END_TO_END_LATENCY_SECTION: &str = "## End-to-end latency";
+pub const PUBLISH_DELAY_SECTION: &str = "## Publish delay";
+pub const CPU_SECTION: &str = "## CPU";
+pub const BACKLOG_SECTION: &str = "## Backlog and errors";
+pub const RATE_SEARCH_SECTION: &str = "## Max-rate search";
+
+/// The whole of `report.md` for `report`.
+pub fn render_markdown(report: &Report) -> String {
+    let mut md = String::new();
+    header(&mut md, report);
+    machine(&mut md, report);
+    comparison(&mut md, report);
+    throughput(&mut md, report);
+    latency_section(
+        &mut md,
+        PUBLISH_LATENCY_SECTION,
+        "From each message's intended send time to its acknowledgement, so a \
+         stalled server is charged for the sends it delayed.",
+        report,
+        |r| &r.publish_latency,
+        Some(("Publish latency by percentile", svg::PUBLISH_LATENCY_SVG)),
+    );
+    latency_section(
+        &mut md,
+        END_TO_END_LATENCY_SECTION,
+        "From the send time carried in the message to its consumption.",
+        report,
+        |r| &r.end_to_end_latency,
+        Some((
+            "End-to-end latency by percentile",
+            svg::END_TO_END_LATENCY_SVG,
+        )),
+    );
+    latency_section(
+        &mut md,
+        PUBLISH_DELAY_SECTION,
+        "Actual send time minus intended send time: how far the producers \
+         fell behind their schedule.",
+        report,
+        |r| &r.publish_delay,
+        None,
+    );
+    cpu(&mut md, report);
+    backlog(&mut md, report);
+    rate_search(&mut md, report);
+    durability(&mut md, report);
+    config(&mut md, report);
+    workload(&mut md, report);
+    md
+}
+
+fn header(md: &mut String, report: &Report) {
+    let date = report.started_at.get(..10).unwrap_or(&report.started_at);
+    let _ = writeln!(md, "# Benchmark: {} — {}\n", inline(&report.workload), date);
+    let _ = writeln!(md, "**Headline:** {}\n", inline(&index::headline(report)));
+    let labels: Vec<String> = report.runs.iter().map(DriverRun::label).collect();
+    let runs = if labels.is_empty() {
+        "none".to_string()
+    } else {
+        labels.join("; ")
+    };
+    let peer = report
+        .comparison
+        .as_ref()
+        .map(|c| c.peer.clone())
+        .unwrap_or_else(|| "none".to_string());
+    key_value_table(
+        md,
+        &[
+            ("Started", cell(&report.started_at)),
+            ("Commit", code(&report.commit)),
+            ("Command", code(&report.command)),
+            ("Workload", cell(&report.workload)),
+            ("Peer", cell(&peer)),
+            ("Runs", cell(&runs)),
+            (
+                "Raw results",
+                format!("`report.json` (schema version {})", report.schema_version),
+            ),
+        ],
+    );
+}
+
+fn machine(md: &mut String, report: &Report) {
+    let m = &report.machine;
+    let _ = writeln!(md, "## Machine\n");
+    key_value_table(
+        md,
+        &[
+            ("CPU", cell(&m.cpu_model)),
+            ("Cores", m.cores.to_string()),
+            (
+                "Memory",
+                format!(
+                    "{} ({} bytes)",
+                    format::binary_bytes(m.memory_bytes),
+                    format::count(m.memory_bytes)
+                ),
+            ),
+            ("Kernel", cell(&m.kernel)),
+            ("Disk", cell(&m.disk)),
+            ("Filesystem", cell(&m.filesystem)),
+        ],
+    );
+}
+
+fn comparison(md: &mut String, report: &Report) {
+    let Some(c) = &report.comparison else {
+        return;
+    };
+    let _ = writeln!(md, "## Comparison\n");
+    let _ = writeln!(
+        md,
+        "shardmq against {}, from the best run of each: {}\n",
+        inline(&c.peer),
+        inline(&c.headline)
+    );
+    let _ = writeln!(md, "| figure | shardmq / {} | better when |", cell(&c.peer));
+    let _ = writeln!(md, "| --- | ---: | --- |");
+    for (figure, value, better) in [
+        ("produce msg/s", c.throughput_ratio, "> 1"),
+        ("publish latency p50", c.publish_p50_ratio, "< 1"),
+        ("publish latency p99", c.publish_p99_ratio, "< 1"),
+        ("publish latency p99.9", c.publish_p999_ratio, "< 1"),
+    ] {
+        let _ = writeln!(md, "| {figure} | {} | {better} |", format::ratio(value));
+    }
+    md.push('\n');
+}
+
+/// The cells of a run's row in the throughput table, after its label.
+pub fn throughput_cells(run: &DriverRun) -> Vec<String> {
+    let t = &run.throughput;
+    vec![
+        run.target_rate
+            .map(format::msg_rate)
+            .unwrap_or_else(|| "unthrottled".to_string()),
+        format::seconds(t.seconds),
+        format::count(t.produced_messages),
+        format::msg_rate(t.produce_msg_per_s),
+        format::mb_rate(t.produce_mb_per_s),
+        format::count(t.consumed_messages),
+        format::msg_rate(t.consume_msg_per_s),
+        format::mb_rate(t.consume_mb_per_s),
+    ]
+}
+
+fn throughput(md: &mut String, report: &Report) {
+    let _ = writeln!(md, "{THROUGHPUT_SECTION}\n");
+    let _ = writeln!(
+        md,
+        "Over the measured period, warm-up excluded. MB/s is 10^6 bytes per second.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| run | target msg/s | seconds | produced | produce msg/s | produce MB/s | consumed | consume msg/s | consume MB/s |"
+    );
+    let _ = writeln!(md, "| --- |{}", " ---: |".repeat(8));
+    for run in &report.runs {
+        row(md, &run.label(), &throughput_cells(run));
+    }
+    md.push('\n');
+    let _ = writeln!(
+        md,
+        "![Throughput over time: produce (solid) and consume (dashed) msg/s per second]({})\n",
+        svg::THROUGHPUT_SVG
+    );
+}
+
+/// The cells of a run's row in a latency table, after its label: samples,
+/// mean, then the [`TABLE_QUANTILES`] and the max, in µs.
+pub fn latency_cells(summary: &LatencySummary) -> Vec<String> {
+    let mut cells = vec![
+        format::count(summary.samples),
+        format::micros_mean(summary.mean),
+    ];
+    cells.extend(summary.table_values().iter().map(|&v| format::micros(v)));
+    cells
+}
+
+fn latency_section(
+    md: &mut String,
+    title: &str,
+    meaning: &str,
+    report: &Report,
+    summary: fn(&DriverRun) -> &LatencySummary,
+    plot: Option<(&str, &str)>,
+) {
+    let _ = writeln!(md, "{title}\n");
+    let _ = writeln!(md, "{meaning} Microseconds.\n");
+    let quantiles: Vec<&str> = TABLE_QUANTILES.iter().map(|(name, _)| *name).collect();
+    let _ = writeln!(
+        md,
+        "| run | samples | mean | {} | max |",
+        quantiles.join(" | ")
+    );
+    let _ = writeln!(md, "| --- |{}", " ---: |".repeat(quantiles.len() + 3));
+    for run in &report.runs {
+        row(md, &run.label(), &latency_cells(summary(run)));
+    }
+    md.push('\n');
+    if let Some((alt, file)) = plot {
+        let _ = writeln!(md, "![{alt}]({file})\n");
+    }
+}
+
+fn cpu(md: &mut String, report: &Report) {
+    let _ = writeln!(md, "{CPU_SECTION}\n");
+    let _ = writeln!(
+        md,
+        "User plus system time of each process over the measured period, and \
+         per GB (10^9 bytes) of produced values.\n"
+    );
+    let _ = writeln!(md, "| run | process | CPU s | CPU s/GB |");
+    let _ = writeln!(md, "| --- | --- | ---: | ---: |");
+    for run in &report.runs {
+        for process in &run.processes {
+            row(
+                md,
+                &run.label(),
+                &[
+                    cell(&process.name),
+                    format::seconds(process.cpu_seconds),
+                    format::seconds(process.cpu_seconds_per_gb),
+                ],
+            );
+        }
+    }
+    md.push('\n');
+}
+
+fn backlog(md: &mut String, report: &Report) {
+    let _ = writeln!(md, "{BACKLOG_SECTION}\n");
+    let _ = writeln!(
+        md,
+        "Backlog: messages produced and not yet consumed. Errors: sends that failed.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| run | backlog max | backlog end | errors | first error |"
+    );
+    let _ = writeln!(md, "| --- | ---: | ---: | ---: | --- |");
+    for run in &report.runs {
+        row(
+            md,
+            &run.label(),
+            &[
+                format::count(run.backlog_max),
+                format::count(run.backlog_end),
+                format::count(run.errors),
+                run.first_error
+                    .as_deref()
+                    .map(cell)
+                    .unwrap_or_else(|| "—".to_string()),
+            ],
+        );
+    }
+    md.push('\n');
+}
+
+fn rate_search(md: &mut String, report: &Report) {
+    if report.runs.iter().all(|r| r.rate_search.is_empty()) {
+        return;
+    }
+    let _ = writeln!(md, "{RATE_SEARCH_SECTION}\n");
+    let _ = writeln!(
+        md,
+        "Each trial ran the producers at a target rate; sustained means the \
+         achieved rate was within tolerance with no growing backlog and no errors.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| run | trial | target msg/s | achieved msg/s | sustained |"
+    );
+    let _ = writeln!(md, "| --- | ---: | ---: | ---: | --- |");
+    for run in &report.runs {
+        for (i, trial) in run.rate_search.iter().enumerate() {
+            row(
+                md,
+                &run.label(),
+                &[
+                    (i + 1).to_string(),
+                    format::msg_rate(trial.target_rate),
+                    format::msg_rate(trial.achieved_rate),
+                    if trial.sustained { "yes" } else { "no" }.to_string(),
+                ],
+            );
+        }
+    }
+    md.push('\n');
+}
+
+/// The distinct (driver, mode) pairs in the order they first ran, each with
+/// its first run.
+fn driver_modes(report: &Report) -> Vec<&DriverRun> {
+    let mut seen = Vec::new();
+    for run in &report.runs {
+        if !seen
+            .iter()
+            .any(|s: &&DriverRun| s.driver == run.driver && s.mode == run.mode)
+        {
+            seen.push(run);
+        }
+    }
+    seen
+}
+
+fn driver_mode_name(run: &DriverRun) -> String {
+    if run.mode.is_empty() {
+        run.driver.clone()
+    } else {
+        format!("{} ({})", run.driver, run.mode)
+    }
+}
+
+fn durability(md: &mut String, report: &Report) {
+    let _ = writeln!(md, "## Durability\n");
+    let _ = writeln!(
+        md,
+        "When each driver acknowledges a message, relative to fsync:\n"
+    );
+    if report.runs.is_empty() {
+        let _ = writeln!(md, "No runs.\n");
+        return;
+    }
+    for first in driver_modes(report) {
+        // Repetitions of one driver and mode normally say the same; any
+        // that differ are listed too.
+        let mut texts: Vec<&str> = Vec::new();
+        for run in report
+            .runs
+            .iter()
+            .filter(|r| r.driver == first.driver && r.mode == first.mode)
+        {
+            if !texts.contains(&run.durability.as_str()) {
+                texts.push(&run.durability);
+            }
+        }
+        let text = texts
+            .iter()
+            .map(|t| if t.is_empty() { "not stated" } else { t })
+            .map(inline)
+            .collect::<Vec<_>>()
+            .join(" / ");
+        let _ = writeln!(md, "- **{}**: {}", inline(&driver_mode_name(first)), text);
+    }
+    md.push('\n');
+}
+
+fn config(md: &mut String, report: &Report) {
+    let _ = writeln!(md, "## Config\n");
+    if report.runs.is_empty() {
+        let _ = writeln!(md, "No runs.\n");
+        return;
+    }
+    for first in driver_modes(report) {
+        let runs: Vec<&DriverRun> = report
+            .runs
+            .iter()
+            .filter(|r| r.driver == first.driver && r.mode == first.mode)
+            .collect();
+        // One table per distinct config among the repetitions.
+        let mut configs: Vec<(&BTreeMap<String, String>, Vec<u32>)> = Vec::new();
+        for run in runs {
+            match configs.iter_mut().find(|(c, _)| **c == run.config) {
+                Some((_, reps)) => reps.push(run.repetition),
+                None => configs.push((&run.config, vec![run.repetition])),
+            }
+        }
+        let several = configs.len() > 1;
+        for (settings, repetitions) in configs {
+            let mut title = driver_mode_name(first);
+            if several {
+                let reps: Vec<String> = repetitions.iter().map(|r| format!("#{r}")).collect();
+                let _ = write!(title, ", runs {}", reps.join(", "));
+            }
+            let _ = writeln!(md, "### {}\n", inline(&title));
+            if settings.is_empty() {
+                let _ = writeln!(md, "No settings recorded.\n");
+                continue;
+            }
+            let _ = writeln!(md, "| setting | value |");
+            let _ = writeln!(md, "| --- | --- |");
+            for (key, value) in settings {
+                let _ = writeln!(md, "| {} | {} |", cell(key), code(value));
+            }
+            md.push('\n');
+        }
+    }
+}
+
+fn workload(md: &mut String, report: &Report) {
+    let _ = writeln!(md, "## Workload\n");
+    let fence = "`".repeat(longest_backtick_run(&report.workload_toml).max(2) + 1);
+    let _ = writeln!(md, "{fence}toml");
+    md.push_str(&report.workload_toml);
+    if !report.workload_toml.ends_with('\n') {
+        md.push('\n');
+    }
+    let _ = writeln!(md, "{fence}");
+}
+
+fn key_value_table(md: &mut String, rows: &[(&str, String)]) {
+    let _ = writeln!(md, "| | |");
+    let _ = writeln!(md, "| --- | --- |");
+    for (key, value) in rows {
+        let _ = writeln!(md, "| {key} | {value} |");
+    }
+    md.push('\n');
+}
+
+fn row(md: &mut String, label: &str, cells: &[String]) {
+    let _ = writeln!(md, "| {} | {} |", cell(label), cells.join(" | "));
+}
+
+/// `text` made safe for one table cell: pipes escaped, line breaks turned
+/// into spaces.
+pub fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace(['\r', '\n'], " ")
+}
+
+/// `text` on one line, for running text and headings.
+fn inline(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
+}
+
+/// `text` as an inline code span (cell-safe), with a fence longer than any
+/// run of backticks inside it.
+pub fn code(text: &str) -> String {
+    let text = cell(text);
+    if text.is_empty() {
+        return "(none)".to_string();
+    }
+    let fence = "`".repeat(longest_backtick_run(&text) + 1);
+    // A span that starts or ends with a backtick needs a space inside.
+    let pad = if text.starts_with('`') || text.ends_with('`') {
+        " "
+    } else {
+        ""
+    };
+    format!("{fence}{pad}{text}{pad}{fence}")
+}
+
+fn longest_backtick_run(text: &str) -> usize {
+    text.split(|c| c != '`').map(str::len).max().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_spans_survive_backticks_and_pipes() {
+        assert_eq!(code("a b"), "`a b`");
+        assert_eq!(code("a `b` c"), "``a `b` c``");
+        assert_eq!(code("`x`"), "`` `x` ``");
+        assert_eq!(code("a | b"), "`a \\| b`");
+        assert_eq!(code(""), "(none)");
+    }
+
+    #[test]
+    fn cells_stay_on_one_line() {
+        assert_eq!(cell("a|b\nc"), "a\\|b c");
+    }
+}
