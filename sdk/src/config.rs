@@ -98,8 +98,16 @@ pub struct ProducerConfig {
     /// each partition's records in the order they were sent, even across
     /// retries; more pipelines a partition but may reorder on retry.
     pub in_flight_per_partition: usize,
-    /// Produce requests in flight over all partitions.
+    /// Produce requests in flight per connection, that is per broker
+    /// shard. Batches that become ready while this many are in flight wait,
+    /// and the next request to that shard carries all of them (up to
+    /// `request_bytes_max`); a batch ready while fewer are in flight is
+    /// sent at once.
     pub in_flight_max: usize,
+    /// Most bytes of batches one Produce request carries (each batch plus
+    /// a small per-item overhead). A batch is never split: one larger than
+    /// this goes alone in its request.
+    pub request_bytes_max: usize,
     /// Records queued per partition, not yet in a batch; `send` waits when
     /// the queue is full.
     pub queue_records_max: usize,
@@ -119,6 +127,7 @@ impl Default for ProducerConfig {
             retry_backoff_max: Duration::from_secs(2),
             in_flight_per_partition: 1,
             in_flight_max: 64,
+            request_bytes_max: 4 << 20,
             queue_records_max: 16 * 1024,
             ack_timeout: Duration::from_secs(10),
         }

@@ -18,9 +18,11 @@
 //! * [`Admin`]: create, delete, list and describe topics; cluster metadata.
 //! * [`Producer`]: per-partition batching (`linger`, `batch_bytes_max`)
 //!   straight into Kafka RecordBatch v2 bytes, key-hash (Kafka's murmur2)
-//!   or round-robin partitioning, acks, bounded in-flight requests, retries
-//!   of retriable errors after a metadata refresh; each record resolves
-//!   with its partition, offset and timestamp.
+//!   or round-robin partitioning, acks, the ready batches of all
+//!   partitions led by one shard grouped into one Produce request (a
+//!   bounded number in flight per connection), retries of retriable errors
+//!   per batch after a metadata refresh; each record resolves with its
+//!   partition, offset and timestamp.
 //! * [`Consumer`]: assigned partitions, seeks (earliest, latest, offset,
 //!   timestamp), long-poll fetches decoded with the schema's batch view.
 //! * [`ClientError`]: the wire [`ErrorCode`] of a refusal, or what went

@@ -1,23 +1,40 @@
-//! [`Producer`]: batches records per partition and sends each batch to the
-//! shard that owns the partition.
+//! [`Producer`]: batches records per partition and sends the batches to
+//! the shards that own the partitions, those of many partitions led by the
+//! same shard together in one Produce request.
 //!
 //! Each partition the producer writes to has a queue and a task. The task
 //! takes records from the queue and encodes them at once into the
 //! partition's open batch ([`BatchBuilder`]); the batch is closed when the
 //! next record would push it past `batch_bytes_max`, when `linger` has
 //! passed since its first record, or on [`Producer::flush`]. A closed batch
-//! is sent as one Produce request to the partition leader's owning shard
-//! (the shard port of the metadata, or the broker's port when that is 0),
-//! once one of the partition's `in_flight_per_partition` slots and one of
-//! the producer's `in_flight_max` slots are free. Retriable failures
+//! is sent once one of the partition's `in_flight_per_partition` slots is
+//! free; the slot is held until the batch's records resolve, so with one
+//! slot (the default) a partition never has two batches on the way.
+//!
+//! Batches are grouped per connection, that is per leader shard (the shard
+//! port of the metadata, or the broker's port when that is 0): a batch to
+//! send joins its shard's `Route`. While fewer than `in_flight_max`
+//! Produce requests are in flight on the route, a request is started at
+//! once, carrying every batch waiting there at that moment (whatever
+//! partitions and topics), up to `request_bytes_max` and never splitting a
+//! batch; when that many are in flight, ready batches wait and the next
+//! request to finish sends the next group. A lone batch on an idle route
+//! thus leaves at once, with no timer, and a busy route sends fewer,
+//! larger requests instead of one per partition. The response has one
+//! outcome per item, in request order, and each goes back to its batch.
+//!
+//! Each batch keeps its own retries: a retriable failure of its item
 //! (NotLeader, LeaderNotAvailable, RequestTimedOut, BrokerShuttingDown, a
-//! lost connection, ...) refresh the topic's metadata when leadership may
-//! have moved and retry the same bytes after a backoff, up to `retries`
-//! times. Every record of the batch then resolves with its offset (the
-//! base offset the broker assigned plus its index in the batch) or with
-//! the batch's error.
+//! lost connection, a request timeout, ...) refreshes the topic's metadata
+//! when leadership may have moved, waits a backoff and sends the same
+//! bytes again, to the leader the metadata names then, possibly in a
+//! grouped request with other batches, up to `retries` times; the other
+//! items of the failed request are not resent. Every record of the batch
+//! then resolves exactly once, with its offset (the base offset the broker
+//! assigned plus its index in the batch) or with the batch's error. With
+//! [`Acks::None`] a request is resolved once it is queued for writing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -27,11 +44,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use shardmq_schema::batch::{BatchBuilder, HeaderRef};
+use shardmq_schema::protocol::ErrorCode;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::client::Client;
-use crate::codec::{self, ProduceItem};
+use crate::codec::{self, ProduceItem, ProduceResult};
 use crate::config::{Acks, ClientConfig, Partitioner, ProducerConfig};
 use crate::error::{ClientError, Result};
 use crate::partitioner::key_partition;
@@ -160,6 +178,92 @@ enum Attempt {
 /// A topic's partition queues, indexed by partition; `None` until used.
 type PartitionQueues = Vec<Option<mpsc::Sender<Cmd>>>;
 
+/// What a Produce request spends on one item besides its batch's bytes
+/// (the item table, the vector's length, the topic's offset), rounded up;
+/// the same estimate as [`codec::encode_produce`]'s.
+const ITEM_OVERHEAD_BYTES: usize = 64;
+
+/// One attempt of a batch: its bytes, on their way to the shard, and where
+/// the outcome goes.
+#[derive(Debug)]
+struct Submission {
+    topic: Arc<str>,
+    partition: i32,
+    batch: Vec<u8>,
+    done: oneshot::Sender<Attempted>,
+}
+
+/// The outcome of one attempt, with the batch's bytes given back for a
+/// retry or for reuse.
+#[derive(Debug)]
+struct Attempted {
+    batch: Vec<u8>,
+    /// Base offset and log-append time of the batch.
+    result: Result<(i64, i64)>,
+}
+
+/// The Produce requests to one broker shard, that is to one connection of
+/// the [`Client`]: the batches waiting for a request and the drivers
+/// sending them. Shared by every partition led there, whatever its topic.
+#[derive(Debug)]
+struct Route {
+    /// `host:port` of the shard.
+    addr: String,
+    state: Mutex<RouteState>,
+}
+
+#[derive(Debug, Default)]
+struct RouteState {
+    /// Batches waiting for a request, in the order they became ready. At
+    /// most `in_flight_per_partition` per partition the producer writes
+    /// to, since a batch holds its partition's slot while here.
+    waiting: VecDeque<Submission>,
+    /// Drivers running, each with at most one request in flight; at most
+    /// `in_flight_max`. While batches wait, at least one runs.
+    drivers: usize,
+}
+
+/// Moves the oldest waiting batches into `group` while the request stays
+/// within `bytes_max`: the first one always (a batch is never split, a
+/// larger one goes alone), then each next one that fits, in order, so the
+/// group is a prefix of the queue.
+fn take_group(waiting: &mut VecDeque<Submission>, group: &mut Vec<Submission>, bytes_max: usize) {
+    let mut bytes = 0usize;
+    while let Some(next) = waiting.front() {
+        let next_bytes = next.batch.len() + ITEM_OVERHEAD_BYTES;
+        if !group.is_empty() && bytes + next_bytes > bytes_max {
+            break;
+        }
+        bytes += next_bytes;
+        group.extend(waiting.pop_front());
+    }
+}
+
+/// The outcome of item `index` of a Produce request, from the response's
+/// items (one per request item, in request order).
+fn item_outcome(
+    results: &[ProduceResult],
+    index: usize,
+    topic: &str,
+    partition: i32,
+) -> Result<(i64, i64)> {
+    let result = results
+        .get(index)
+        .filter(|r| r.topic == topic && r.partition == partition)
+        .ok_or_else(|| {
+            ClientError::protocol(format!(
+                "produce response item {index} is not {topic}/{partition}"
+            ))
+        })?;
+    if result.error != ErrorCode::None {
+        return Err(ClientError::Broker {
+            code: result.error,
+            message: result.message.clone(),
+        });
+    }
+    Ok((result.base_offset, result.log_append_time_ms))
+}
+
 #[derive(Debug)]
 struct Core {
     client: Client,
@@ -167,8 +271,9 @@ struct Core {
     /// Each topic's partition queues, indexed by partition.
     queues: Mutex<HashMap<Arc<str>, PartitionQueues>>,
     round_robin: AtomicU32,
-    /// Produce requests in flight over all partitions.
-    requests: Semaphore,
+    /// The route of each shard address batches were sent to; one per
+    /// broker shard of the cluster.
+    routes: Mutex<HashMap<String, Arc<Route>>>,
     /// Records queued and not yet resolved.
     outstanding: AtomicUsize,
     /// Notified when `outstanding` drops to 0.
@@ -204,7 +309,6 @@ impl Producer {
 
     /// A producer over an existing client.
     pub fn new(client: Client, config: ProducerConfig) -> Self {
-        let requests = Semaphore::new(config.in_flight_max.max(1));
         Self {
             handle: Arc::new(Handle {
                 core: Arc::new(Core {
@@ -212,7 +316,7 @@ impl Producer {
                     config,
                     queues: Mutex::new(HashMap::new()),
                     round_robin: AtomicU32::new(0),
-                    requests,
+                    routes: Mutex::new(HashMap::new()),
                     outstanding: AtomicUsize::new(0),
                     idle: Notify::new(),
                     closed: AtomicBool::new(false),
@@ -439,32 +543,29 @@ impl Core {
     /// Sends one batch, retrying retriable errors, and resolves its records;
     /// gives the batch's buffer back for reuse.
     async fn send_batch(
-        &self,
+        self: &Arc<Self>,
         topic: Arc<str>,
         partition: i32,
-        batch: Vec<u8>,
+        mut batch: Vec<u8>,
         records: Vec<(Reply, i64)>,
     ) -> Vec<u8> {
-        let result = match self.requests.acquire().await {
-            Ok(_permit) => {
-                let mut attempt = 0;
-                loop {
-                    match self.produce_once(&topic, partition, &batch).await {
-                        Ok(ack) => break Ok(ack),
-                        Err(error) if error.is_retriable() && attempt < self.config.retries => {
-                            tracing::debug!(%topic, partition, attempt, %error, "retrying batch");
-                            if error.needs_metadata_refresh() {
-                                // A failed refresh shows up in the retry.
-                                let _ = self.client.refresh_topic(&topic).await;
-                            }
-                            tokio::time::sleep(self.backoff(attempt)).await;
-                            attempt += 1;
-                        }
-                        Err(error) => break Err(error),
+        let mut attempt = 0;
+        let result = loop {
+            let (returned, result) = self.produce_once(&topic, partition, batch).await;
+            batch = returned;
+            match result {
+                Ok(ack) => break Ok(ack),
+                Err(error) if error.is_retriable() && attempt < self.config.retries => {
+                    tracing::debug!(%topic, partition, attempt, %error, "retrying batch");
+                    if error.needs_metadata_refresh() {
+                        // A failed refresh shows up in the retry.
+                        let _ = self.client.refresh_topic(&topic).await;
                     }
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    attempt += 1;
                 }
+                Err(error) => break Err(error),
             }
-            Err(_) => Err(ClientError::Closed),
         };
         match result {
             Ok((base_offset, log_append_time)) => {
@@ -495,14 +596,122 @@ impl Core {
         batch
     }
 
-    /// One attempt: base offset and log-append time of the batch.
-    async fn produce_once(&self, topic: &str, partition: i32, batch: &[u8]) -> Result<(i64, i64)> {
-        let conn = self.client.leader_connection(topic, partition).await?;
-        let items = [ProduceItem {
-            topic,
-            partition,
-            records: batch,
-        }];
+    /// One attempt: hands the batch to the route of its leader's shard and
+    /// waits for its item's outcome (base offset and log-append time).
+    async fn produce_once(
+        self: &Arc<Self>,
+        topic: &Arc<str>,
+        partition: i32,
+        batch: Vec<u8>,
+    ) -> (Vec<u8>, Result<(i64, i64)>) {
+        let addr = match self.client.leader_addr(topic, partition).await {
+            Ok(addr) => addr,
+            Err(error) => return (batch, Err(error)),
+        };
+        let (done, outcome) = oneshot::channel();
+        self.submit(
+            &addr,
+            Submission {
+                topic: Arc::clone(topic),
+                partition,
+                batch,
+                done,
+            },
+        );
+        match outcome.await {
+            Ok(Attempted { batch, result }) => (batch, result),
+            // The driver was dropped with the batch: only when the runtime
+            // shuts down.
+            Err(_) => (Vec::new(), Err(ClientError::Closed)),
+        }
+    }
+
+    /// Queues a batch on the route of `addr`, and starts a driver for the
+    /// route if fewer than `in_flight_max` run: then the batch leaves at
+    /// once, with whatever else waits there.
+    fn submit(self: &Arc<Self>, addr: &str, submission: Submission) {
+        let route = {
+            let mut routes = lock(&self.routes);
+            match routes.get(addr) {
+                Some(route) => Arc::clone(route),
+                None => {
+                    let route = Arc::new(Route {
+                        addr: addr.to_owned(),
+                        state: Mutex::default(),
+                    });
+                    routes.insert(addr.to_owned(), Arc::clone(&route));
+                    route
+                }
+            }
+        };
+        let start = {
+            let mut state = lock(&route.state);
+            state.waiting.push_back(submission);
+            let start = state.drivers < self.config.in_flight_max.max(1);
+            if start {
+                state.drivers += 1;
+            }
+            start
+        };
+        if start {
+            tokio::spawn(Arc::clone(self).drive(route));
+        }
+    }
+
+    /// Sends the batches waiting on a route, one request at a time, each
+    /// carrying every batch waiting when it starts (up to
+    /// `request_bytes_max`), until none waits.
+    async fn drive(self: Arc<Self>, route: Arc<Route>) {
+        let mut group: Vec<Submission> = Vec::new();
+        loop {
+            {
+                let mut state = lock(&route.state);
+                take_group(
+                    &mut state.waiting,
+                    &mut group,
+                    self.config.request_bytes_max,
+                );
+                if group.is_empty() {
+                    // Decided under the lock a submitter takes: a batch
+                    // queued after this starts its own driver.
+                    state.drivers -= 1;
+                    return;
+                }
+            }
+            let response = self.produce_group(&route.addr, &group).await;
+            for (index, submission) in group.drain(..).enumerate() {
+                let result = match &response {
+                    Ok(None) => Ok((-1, -1)),
+                    Ok(Some(results)) => {
+                        item_outcome(results, index, &submission.topic, submission.partition)
+                    }
+                    Err(error) => Err(error.clone()),
+                };
+                // The batch's task may be gone (the runtime shutting down).
+                let _ = submission.done.send(Attempted {
+                    batch: submission.batch,
+                    result,
+                });
+            }
+        }
+    }
+
+    /// One Produce request carrying the batches of `group`: the response's
+    /// items, or `None` with [`Acks::None`].
+    async fn produce_group(
+        &self,
+        addr: &str,
+        group: &[Submission],
+    ) -> Result<Option<Vec<ProduceResult>>> {
+        let conn = self.client.connection(addr).await?;
+        let items: Vec<ProduceItem<'_>> = group
+            .iter()
+            .map(|submission| ProduceItem {
+                topic: &submission.topic,
+                partition: submission.partition,
+                records: &submission.batch,
+            })
+            .collect();
         let acks = self.config.acks;
         let ack_timeout_ms = u32::try_from(self.config.ack_timeout.as_millis()).unwrap_or(u32::MAX);
         let build = |id, client_id: &str| {
@@ -510,22 +719,11 @@ impl Core {
         };
         if acks == Acks::None {
             conn.send_oneway(build)?;
-            return Ok((-1, -1));
+            return Ok(None);
         }
         let timeout = self.client.config().request_timeout + self.config.ack_timeout;
         let response = conn.request_with_timeout(build, timeout).await?;
-        let results = codec::decode_produce(&response)?;
-        let result = results
-            .into_iter()
-            .find(|r| r.topic == topic && r.partition == partition)
-            .ok_or_else(|| ClientError::protocol("produce response without the partition"))?;
-        if result.error != shardmq_schema::protocol::ErrorCode::None {
-            return Err(ClientError::Broker {
-                code: result.error,
-                message: result.message,
-            });
-        }
-        Ok((result.base_offset, result.log_append_time_ms))
+        Ok(Some(codec::decode_produce(&response)?))
     }
 }
 
@@ -653,5 +851,86 @@ async fn partition_task(
     queue.close();
     while let Ok(cmd) = queue.try_recv() {
         core.fail_cmd(cmd, ClientError::Closed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(sizes: &[usize]) -> VecDeque<Submission> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(partition, &bytes)| Submission {
+                topic: Arc::from("t"),
+                partition: partition as i32,
+                batch: vec![0; bytes],
+                done: oneshot::channel().0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn take_group_takes_a_prefix_within_the_bound_and_never_splits_a_batch() {
+        const ITEM: usize = ITEM_OVERHEAD_BYTES;
+        /// Waiting batch sizes, bytes_max, partitions taken, then left.
+        type Case = (&'static [usize], usize, &'static [i32], &'static [i32]);
+        let cases: &[Case] = &[
+            (&[], 1_000, &[], &[]),
+            (&[100], 1_000, &[0], &[]),
+            (&[100, 100, 100], 1_000, &[0, 1, 2], &[]),
+            // Exactly at the bound fits.
+            (&[100, 100], 2 * (100 + ITEM), &[0, 1], &[]),
+            (&[100, 100, 100], 2 * (100 + ITEM), &[0, 1], &[2]),
+            // A batch over the bound goes alone, first or later.
+            (&[5_000, 100], 1_000, &[0], &[1]),
+            (&[100, 5_000, 100], 1_000, &[0], &[1, 2]),
+            // The group is a prefix: a small batch behind a big one waits.
+            (&[600, 600, 10], 1_000, &[0], &[1, 2]),
+        ];
+        for (sizes, bytes_max, taken, left) in cases {
+            let mut queue = waiting(sizes);
+            let mut group = Vec::new();
+            take_group(&mut queue, &mut group, *bytes_max);
+            let got: Vec<i32> = group.iter().map(|s| s.partition).collect();
+            let rest: Vec<i32> = queue.iter().map(|s| s.partition).collect();
+            assert_eq!(
+                (&got[..], &rest[..]),
+                (*taken, *left),
+                "{sizes:?} {bytes_max}"
+            );
+        }
+    }
+
+    fn result(topic: &str, partition: i32, error: ErrorCode, base_offset: i64) -> ProduceResult {
+        ProduceResult {
+            topic: topic.to_owned(),
+            partition,
+            error,
+            message: None,
+            base_offset,
+            log_append_time_ms: 7,
+        }
+    }
+
+    #[test]
+    fn item_outcome_reads_the_item_at_its_index() {
+        let results = [
+            result("a", 0, ErrorCode::None, 10),
+            result("b", 0, ErrorCode::NotLeader, -1),
+            result("a", 0, ErrorCode::None, 12),
+        ];
+        assert_eq!(item_outcome(&results, 0, "a", 0).unwrap(), (10, 7));
+        let refused = item_outcome(&results, 1, "b", 0).unwrap_err();
+        assert_eq!(refused.code(), Some(ErrorCode::NotLeader));
+        assert!(refused.is_retriable());
+        // Two batches of one partition in a request: each its own item.
+        assert_eq!(item_outcome(&results, 2, "a", 0).unwrap(), (12, 7));
+        // An item missing or out of order breaks the protocol.
+        for (index, topic, partition) in [(3, "a", 0), (0, "b", 0), (1, "b", 1)] {
+            let error = item_outcome(&results, index, topic, partition).unwrap_err();
+            assert!(matches!(error, ClientError::Protocol(_)), "{error:?}");
+        }
     }
 }

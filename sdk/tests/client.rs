@@ -182,6 +182,132 @@ async fn not_leader_is_retried_after_a_metadata_refresh() {
     .await;
 }
 
+/// The partitions of each Produce request the mock executed.
+fn produce_partitions(mock: &MockBroker) -> Vec<Vec<i32>> {
+    mock.state
+        .produce_requests()
+        .into_iter()
+        .map(|items| items.into_iter().map(|(_, partition)| partition).collect())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_many_partitions_share_produce_requests() {
+    bounded(async {
+        const PARTITIONS: i32 = 64;
+        const PER_PARTITION: i64 = 40;
+        let mock = MockBroker::start().await;
+        let client = topic(&mock, "wide", PARTITIONS).await;
+        client.topic("wide").await.unwrap();
+        // A slow broker and one request in flight per shard: the batches
+        // that become ready meanwhile wait, and go together.
+        mock.behaviour().produce_delay = Duration::from_millis(20);
+        let producer = Producer::new(
+            client,
+            ProducerConfig {
+                batch_bytes_max: 1 << 10,
+                in_flight_max: 1,
+                ..ProducerConfig::default()
+            },
+        );
+        let mut deliveries = Vec::new();
+        for i in 0..PER_PARTITION {
+            for partition in 0..PARTITIONS {
+                let value = format!("{partition}-{i}-{:0>100}", 0);
+                let record = ProducerRecord::new("wide", value).partition(partition);
+                deliveries.push((partition, i, producer.enqueue(record).await.unwrap()));
+            }
+        }
+        producer.flush().await;
+        for (partition, i, delivery) in deliveries {
+            let meta = delivery.await.unwrap();
+            // Dense and in send order within each partition.
+            assert_eq!((meta.partition, meta.offset), (partition, i));
+        }
+
+        let requests = produce_partitions(&mock);
+        let batches: usize = requests.iter().map(Vec::len).sum();
+        // About 7 records per batch, so several batches per partition.
+        assert!(batches >= 4 * PARTITIONS as usize, "{batches} batches");
+        assert!(
+            requests.len() < batches,
+            "{} requests for {batches} batches",
+            requests.len()
+        );
+        let widest = requests.iter().map(Vec::len).max().unwrap();
+        assert!(widest > 1, "a request carried {widest} partitions at most");
+        for partitions in &requests {
+            // One request per connection: every item is led by its shard,
+            // and no partition has two batches in one request.
+            let shard = partitions[0] % mock::SHARDS as i32;
+            assert!(partitions.iter().all(|p| p % mock::SHARDS as i32 == shard));
+            let mut distinct = partitions.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), partitions.len(), "{partitions:?}");
+        }
+        producer.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_item_of_a_grouped_request_is_retried_alone() {
+    bounded(async {
+        let mock = MockBroker::start().await;
+        let client = topic(&mock, "mixed", 8).await;
+        client.topic("mixed").await.unwrap();
+        mock.behaviour()
+            .not_leader_once
+            .insert(("mixed".to_owned(), 2));
+        mock.behaviour().produce_delay = Duration::from_millis(100);
+        let producer = Producer::new(
+            client,
+            ProducerConfig {
+                linger: Duration::ZERO,
+                in_flight_max: 1,
+                retry_backoff: Duration::from_millis(1),
+                ..ProducerConfig::default()
+            },
+        );
+        // Partition 0's batch takes shard 0's only request slot, so the
+        // batches of 2, 4 and 6 wait for it and then go together.
+        let first = producer
+            .enqueue(ProducerRecord::new("mixed", "first").partition(0))
+            .await
+            .unwrap();
+        mock.state.wait_count(Api::Produce, 1).await;
+        let metadata_before = mock.state.count(Api::Metadata);
+        let mut rest = Vec::new();
+        for partition in [2, 4, 6, 1, 3] {
+            let record = ProducerRecord::new("mixed", format!("{partition}")).partition(partition);
+            rest.push((partition, producer.enqueue(record).await.unwrap()));
+        }
+        let meta = first.await.unwrap();
+        assert_eq!((meta.partition, meta.offset), (0, 0));
+        for (partition, delivery) in rest {
+            let meta = delivery.await.unwrap();
+            assert_eq!((meta.partition, meta.offset), (partition, 0));
+        }
+
+        let mut shard_0: Vec<Vec<i32>> = produce_partitions(&mock)
+            .into_iter()
+            .filter(|partitions| partitions[0] % 2 == 0)
+            .collect();
+        for partitions in &mut shard_0 {
+            partitions.sort_unstable();
+        }
+        // The refused item alone is sent again; 4 and 6 are not.
+        assert_eq!(shard_0, [vec![0], vec![2, 4, 6], vec![2]]);
+        assert!(
+            mock.state.count(Api::Metadata) > metadata_before,
+            "NotLeader refreshes the metadata"
+        );
+        producer.close().await;
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_reads_everything_in_order_and_seeks() {
     bounded(async {

@@ -38,6 +38,9 @@ pub struct Behaviour {
     /// ListTopics requests are held until this many are held on the
     /// connection, then all answered, newest first.
     pub gate_list_topics: Option<usize>,
+    /// Each Produce request is held this long before it is executed and
+    /// answered, as a slow broker would.
+    pub produce_delay: Duration,
 }
 
 #[derive(Debug)]
@@ -46,6 +49,9 @@ pub struct State {
     pub ports: Vec<u16>,
     pub behaviour: Mutex<Behaviour>,
     counts: Mutex<HashMap<u16, usize>>,
+    /// The items (topic, partition) of each Produce request, in the order
+    /// the requests were executed.
+    produce_log: Mutex<Vec<Vec<(String, i32)>>>,
     /// Notified on each request received.
     pub received: Notify,
     /// Notified on each append, for long polls.
@@ -76,6 +82,12 @@ impl State {
         }
     }
 
+    /// The items (topic, partition) of each Produce request executed so
+    /// far, in order.
+    pub fn produce_requests(&self) -> Vec<Vec<(String, i32)>> {
+        lock(&self.produce_log).clone()
+    }
+
     /// Closes every open connection.
     pub fn kill_connections(&self) {
         let _ = self.kill.send(());
@@ -101,6 +113,7 @@ impl MockBroker {
             ports,
             behaviour: Mutex::new(Behaviour::default()),
             counts: Mutex::new(HashMap::new()),
+            produce_log: Mutex::new(Vec::new()),
             received: Notify::new(),
             appended: Notify::new(),
             kill: broadcast::channel(4).0,
@@ -361,7 +374,18 @@ async fn handle(
                 .collect()
         }
         Api::Produce => {
+            let delay = lock(&state.behaviour).produce_delay;
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let body = req.body_as_produce_request().unwrap();
+            lock(&state.produce_log).push(
+                body.partitions()
+                    .unwrap()
+                    .iter()
+                    .map(|item| (item.topic().to_owned(), item.partition()))
+                    .collect(),
+            );
             let mut results = Vec::new();
             for item in body.partitions().unwrap().iter() {
                 let (topic, partition) = (item.topic().to_owned(), item.partition());
