@@ -26,15 +26,23 @@ use std::time::{Duration, Instant};
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
-use shardmq_bench_harness::payload::{epoch_ns, read_timestamp};
+use shardmq_bench_harness::payload::{epoch_ns, read_timestamp, PayloadMaker};
 use shardmq_bench_harness::runner::{self, Peer, RunOptions};
 use shardmq_bench_harness::schedule::Schedule;
+use shardmq_bench_harness::stats;
 use shardmq_bench_harness::stats::new_histogram;
+use shardmq_bench_harness::workload::KeyDistribution;
 use shardmq_client::{
     Acks, Admin, ClientConfig, Consumer, ConsumerConfig, ErrorCode, Partitioner, Producer,
     ProducerConfig, ProducerRecord, SeekTo,
 };
 use tokio::sync::mpsc;
+
+/// mimalloc: the load generator allocates per record (deliveries, futures),
+/// and the system allocator's costs there would be charged to the broker
+/// under test as lost throughput.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -186,6 +194,19 @@ struct LoadArgs {
     /// Acknowledgement level of produce requests.
     #[arg(long, value_enum, default_value_t = AcksArg::All)]
     acks: AcksArg,
+    /// How long a producer batch waits for more records, in milliseconds
+    /// (the SDK's `linger`).
+    #[arg(long, value_name = "MS", default_value_t = 5)]
+    linger_ms: u64,
+    /// Each producer sends its next record only once the previous one is
+    /// acknowledged (one record in flight per producer): the latency of a
+    /// lone record, not of a stream.
+    #[arg(long)]
+    sequential: bool,
+    /// Also report the CPU time this process (the broker) spent during the
+    /// run, and CPU seconds per GB produced, beside the bench's own.
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
 }
 
 /// When to stop.
@@ -327,6 +348,10 @@ async fn load(mode: Mode, args: LoadArgs) -> Result<(), BoxError> {
 
     let counters = Arc::new(Counters::default());
     let run_start = Instant::now();
+    let cpu_before = (
+        stats::own_cpu_seconds(),
+        args.server_pid.and_then(stats::process_cpu_seconds),
+    );
     let progress = tokio::spawn(progress(mode, Arc::clone(&counters), run_start));
 
     let produce = matches!(mode, Mode::Produce | Mode::E2e);
@@ -371,6 +396,25 @@ async fn load(mode: Mode, args: LoadArgs) -> Result<(), BoxError> {
         summary.print("consume");
         print_latency("e2e", hist);
     }
+    // CPU per GB of values produced (or consumed, for consume alone).
+    let gb = produced
+        .as_ref()
+        .or(consumed.as_ref())
+        .map_or(0.0, |(summary, _)| summary.bytes as f64 / 1e9);
+    let spent = |before: Option<f64>, now: Option<f64>| before.zip(now).map(|(b, n)| n - b);
+    let mut line = String::from("cpu");
+    if let Some(bench) = spent(cpu_before.0, stats::own_cpu_seconds()) {
+        line += &format!(" bench {bench:.2} s ({:.2} s/GB)", bench / gb.max(1e-9));
+    }
+    if let Some(pid) = args.server_pid {
+        match spent(cpu_before.1, stats::process_cpu_seconds(pid)) {
+            Some(server) => {
+                line += &format!(" server {server:.2} s ({:.2} s/GB)", server / gb.max(1e-9));
+            }
+            None => line += &format!(" server: pid {pid} not readable"),
+        }
+    }
+    println!("{line}");
     Ok(())
 }
 
@@ -422,6 +466,7 @@ async fn produce_all(
     let config = ProducerConfig {
         acks: args.acks.into(),
         partitioner: Partitioner::RoundRobin,
+        linger: Duration::from_millis(args.linger_ms),
         ..ProducerConfig::default()
     };
     let k = args.producers;
@@ -460,7 +505,8 @@ async fn produce_all(
         let job = ProducerJob {
             producer,
             topic: args.topic.clone(),
-            size: args.size as usize,
+            values: PayloadMaker::new(args.size as usize, 0.0, KeyDistribution::None, i + 1),
+            sequential: args.sequential,
             // Producer i sends the global sequence numbers i, i+k, i+2k, ...
             // and sequence number s is due at start + s / rate.
             schedule: args.rate.map(|rate| Schedule::new(rate, i, k)),
@@ -494,7 +540,8 @@ async fn produce_all(
 struct ProducerJob {
     producer: Producer,
     topic: String,
-    size: usize,
+    values: PayloadMaker,
+    sequential: bool,
     /// When each send is due (open loop), or `None` (closed loop).
     schedule: Option<Schedule>,
     share: Option<u64>,
@@ -507,7 +554,7 @@ struct ProducerJob {
 }
 
 impl ProducerJob {
-    async fn run(self) {
+    async fn run(mut self) {
         let mut sent = 0u64;
         loop {
             if self.share.is_some_and(|n| sent >= n) {
@@ -533,9 +580,7 @@ impl ProducerJob {
             };
             sent += 1;
             let ts = self.start_epoch_ns + intended.duration_since(self.start).as_nanos() as u64;
-            let mut value = vec![0u8; self.size];
-            value[..8].copy_from_slice(&ts.to_be_bytes());
-            let record = ProducerRecord::new(self.topic.clone(), value);
+            let record = ProducerRecord::new(self.topic.clone(), self.values.value(ts));
             let delivery = match self.producer.enqueue(record).await {
                 Ok(delivery) => delivery,
                 Err(e) => {
@@ -547,7 +592,7 @@ impl ProducerJob {
             let counters = Arc::clone(&self.counters);
             let last_ack_ns = Arc::clone(&self.last_ack_ns);
             let start = self.start;
-            tokio::spawn(async move {
+            let acked = async move {
                 match delivery.await {
                     Ok(_) => {
                         let acked_at = Instant::now();
@@ -559,7 +604,12 @@ impl ProducerJob {
                     }
                     Err(e) => counters.fail(e),
                 }
-            });
+            };
+            if self.sequential {
+                acked.await;
+            } else {
+                tokio::spawn(acked);
+            }
         }
         self.producer.close().await;
     }
