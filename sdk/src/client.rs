@@ -167,6 +167,13 @@ impl Client {
     /// `host:port` of the shard owning the partition, from the cache
     /// (filled first if the topic is not in it).
     pub async fn leader_addr(&self, topic: &str, partition: i32) -> Result<String> {
+        {
+            // Cached: no copy of the topic's metadata.
+            let metadata = lock(&self.inner.metadata);
+            if metadata.topic(topic).is_some() {
+                return metadata.leader_addr(topic, partition);
+            }
+        }
         self.topic(topic).await?;
         lock(&self.inner.metadata).leader_addr(topic, partition)
     }

@@ -784,31 +784,45 @@ async fn partition_task(
             records.push((first.reply, first.timestamp));
             let linger = tokio::time::sleep_until(deadline);
             tokio::pin!(linger);
-            while builder.len_bytes() < max && Instant::now() < deadline {
-                tokio::select! {
-                    biased;
-                    cmd = queue.recv() => match cmd {
-                        Some(Cmd::Record(pending)) => {
-                            let headers = headers_of(&pending.record);
-                            let key = pending.record.key.as_deref();
-                            let value = pending.record.value.as_deref();
-                            let bytes = builder.next_record_bytes(pending.timestamp, key, value, &headers);
-                            if builder.len_bytes() + bytes > max {
-                                drop(headers);
-                                carry = Some(pending);
-                                break;
-                            }
-                            builder.append(pending.timestamp, key, value, &headers);
-                            drop(headers);
-                            records.push((pending.reply, pending.timestamp));
-                        }
-                        Some(Cmd::Flush) => break,
-                        None => {
-                            open = false;
+            // Whatever is queued already joins at once, linger or not
+            // (a producer faster than its round trips batches naturally);
+            // then the batch waits for more until `linger` has passed.
+            while builder.len_bytes() < max {
+                let cmd = match queue.try_recv() {
+                    Ok(cmd) => Some(cmd),
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        if Instant::now() >= deadline {
                             break;
                         }
-                    },
-                    () = &mut linger => break,
+                        tokio::select! {
+                            biased;
+                            cmd = queue.recv() => cmd,
+                            () = &mut linger => break,
+                        }
+                    }
+                };
+                match cmd {
+                    Some(Cmd::Record(pending)) => {
+                        let headers = headers_of(&pending.record);
+                        let key = pending.record.key.as_deref();
+                        let value = pending.record.value.as_deref();
+                        let bytes =
+                            builder.next_record_bytes(pending.timestamp, key, value, &headers);
+                        if builder.len_bytes() + bytes > max {
+                            drop(headers);
+                            carry = Some(pending);
+                            break;
+                        }
+                        builder.append(pending.timestamp, key, value, &headers);
+                        drop(headers);
+                        records.push((pending.reply, pending.timestamp));
+                    }
+                    Some(Cmd::Flush) => break,
+                    None => {
+                        open = false;
+                        break;
+                    }
                 }
             }
             builder.try_finish()

@@ -448,13 +448,15 @@ impl<S: PartitionService> BrokerHandler<S> {
         // Items of one partition run in request order; partitions run
         // concurrently.
         let mut groups: Vec<((String, i32), Vec<usize>)> = Vec::new();
+        let mut group_of: std::collections::HashMap<(&str, i32), usize> =
+            std::collections::HashMap::with_capacity(items.len());
         for (i, (topic, partition, _)) in items.iter().enumerate() {
-            match groups
-                .iter_mut()
-                .find(|((t, p), _)| t == topic && p == partition)
-            {
-                Some((_, group)) => group.push(i),
-                None => groups.push(((topic.clone(), *partition), vec![i])),
+            match group_of.entry((topic.as_str(), *partition)) {
+                std::collections::hash_map::Entry::Occupied(g) => groups[*g.get()].1.push(i),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    slot.insert(groups.len());
+                    groups.push(((topic.clone(), *partition), vec![i]));
+                }
             }
         }
         let topics = self.topics();
