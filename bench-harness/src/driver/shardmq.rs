@@ -15,9 +15,11 @@ use super::{AckFuture, BenchConsumer, BenchProducer, Driver, DriverError, Driver
 
 const NAME: &str = "shardmq";
 
-/// How long a batch waits for more records: 1 ms, as the OpenMessaging
-/// Benchmark's Kafka driver sets `linger.ms` (the SDK's default is 5 ms).
-pub const LINGER: Duration = Duration::from_millis(1);
+/// How long a batch waits for more records: none. The producer still
+/// batches: a partition's next batch takes every record queued while its
+/// previous one was in flight, so batches grow with the rate and a lone
+/// record is not held back.
+pub const LINGER: Duration = Duration::ZERO;
 
 /// What acks=all promises, for the report.
 pub const DURABILITY_ACKS_ALL: &str = "Acknowledged after the batch is committed, which \
