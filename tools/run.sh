@@ -53,7 +53,8 @@ done
 
 echo "==> shardmq-bench e2e: $messages messages of $size bytes at $rate msg/s, acks=all, 8 partitions" >&2
 "$bin/shardmq-bench" e2e --bootstrap "127.0.0.1:$port" --topic "run-$(date +%s)" \
-    --partitions 8 --size "$size" --messages "$messages" --rate "$rate" --producers 2 --acks all
+    --partitions 8 --size "$size" --messages "$messages" --rate "$rate" --producers 2 --acks all \
+    --linger-ms 0
 
 echo
 echo "metrics: http://127.0.0.1:$metrics_port/metrics (while the broker runs)"
