@@ -13,6 +13,8 @@
 #   SVF_CPU       CPU the bench's executor is pinned to (default 0)
 #   SVF_FIO_PIN   1 to pin fio to SVF_CPU as well (default 0: fio unpinned)
 #   SVF_RESULTS   file to write every raw result to, as one JSON document
+#   SVF_WRITE_THROUGH  1 to run the bench with --write-through (segments
+#                 written through O_DSYNC, no fdatasync; default 0)
 #
 # (a) Latency/bandwidth at 4 KiB, 64 KiB and 1 MiB: fio writes with
 #     io_uring, O_DIRECT, queue depth 1 and an fdatasync after every write
@@ -45,6 +47,8 @@ DIR=$1
 SECS=${SVF_SECS:-6}
 CPU=${SVF_CPU:-0}
 FIO_PIN=${SVF_FIO_PIN:-0}
+WRITE_THROUGH=()
+[[ ${SVF_WRITE_THROUGH:-0} == 1 ]] && WRITE_THROUGH=(--write-through)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 if ! command -v fio >/dev/null 2>&1; then
@@ -103,7 +107,7 @@ run_bench() {
     shift
     echo "-- ours $name" >&2
     if ! "$BENCH" --dir "$WORK" --duration-secs "$SECS" --warmup-secs 1 --cpu "$CPU" \
-        --json "$@" >"$RES/ours-$name.out" 2>"$RES/ours-$name.log"; then
+        ${WRITE_THROUGH[@]+"${WRITE_THROUGH[@]}"} --json "$@" >"$RES/ours-$name.out" 2>"$RES/ours-$name.log"; then
         cat "$RES/ours-$name.log" >&2
         return 1
     fi
