@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use shardmq_schema::batch::BATCH_BYTES_MAX;
 use shardmq_schema::protocol::MAX_FRAME_BYTES;
-use shardmq_storage::LogConfig;
+use shardmq_storage::{LogConfig, RetentionPolicy};
 
 /// The whole broker configuration. Broker view: one per process, read by
 /// the main thread and copied into every shard.
@@ -105,6 +105,10 @@ pub struct StorageConfig {
     /// Default retention by age per partition, in milliseconds; 0 for
     /// none. Default 604800000 (7 days).
     pub retention_ms: u64,
+    /// How often each shard applies retention to its partitions and runs
+    /// the collector, which also gives back the space of deleted topics,
+    /// in milliseconds. Default 5000.
+    pub retention_check_interval_ms: u64,
 }
 
 impl Default for StorageConfig {
@@ -118,6 +122,7 @@ impl Default for StorageConfig {
             gc_live_ratio_max: log.gc_live_ratio_max,
             retention_bytes: 0,
             retention_ms: 7 * 24 * 3600 * 1000,
+            retention_check_interval_ms: 5_000,
         }
     }
 }
@@ -132,6 +137,14 @@ impl StorageConfig {
         log.preallocate = self.preallocate;
         log.gc_live_ratio_max = self.gc_live_ratio_max;
         log
+    }
+
+    /// The default retention of a partition (0 in the file means none).
+    pub fn retention_policy(&self) -> RetentionPolicy {
+        RetentionPolicy {
+            bytes_max: (self.retention_bytes > 0).then_some(self.retention_bytes),
+            age_max_ms: (self.retention_ms > 0).then_some(self.retention_ms),
+        }
     }
 }
 
@@ -363,6 +376,13 @@ impl Config {
                 "storage.gc_live_ratio_max",
                 s.gc_live_ratio_max,
                 "must be within 0..=1",
+            ));
+        }
+        if s.retention_check_interval_ms < 100 {
+            return Err(invalid(
+                "storage.retention_check_interval_ms",
+                s.retention_check_interval_ms,
+                "must be at least 100",
             ));
         }
         let r = &self.raft;

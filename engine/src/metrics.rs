@@ -122,6 +122,10 @@ pub struct ShardMetrics {
     pub storage_sync_rounds: AtomicU64,
     /// Segment files of the shard log.
     pub storage_segments: AtomicU64,
+    /// Segment files the collector deleted (retention, deleted topics).
+    pub storage_segments_deleted: AtomicU64,
+    /// Bytes of disk the collector gave back.
+    pub storage_bytes_freed: AtomicU64,
     /// Raft commit latency: proposal to commit (durable on a majority),
     /// written by the shard loop.
     pub commit_latency: Arc<LatencyHistogram>,
@@ -348,6 +352,20 @@ impl BrokerMetrics {
             "gauge",
             "Segment files of the shard log.",
             &|m| m.storage_segments.load(Ordering::Relaxed),
+        );
+        per_shard(
+            &mut out,
+            "shardmq_storage_segments_deleted_total",
+            "counter",
+            "Segment files the collector deleted (retention, deleted topics).",
+            &|m| m.storage_segments_deleted.load(Ordering::Relaxed),
+        );
+        per_shard(
+            &mut out,
+            "shardmq_storage_freed_bytes_total",
+            "counter",
+            "Bytes of disk the collector gave back.",
+            &|m| m.storage_bytes_freed.load(Ordering::Relaxed),
         );
         self.render_partitions(&mut out);
         let _ = writeln!(out, "# HELP shardmq_up 1 while every shard serves.");

@@ -41,18 +41,19 @@ struct Broker {
 /// picked. The broker binds with SO_REUSEPORT, so a port the kernel handed
 /// to another broker's shard (bind to port 0) could otherwise be shared
 /// silently with it; ports here are never handed out that way. Each test
-/// process takes its own block of 20 ports, by pid.
+/// process takes its own block of 100 ports, by pid, and hands each out once
+/// before it wraps.
 fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let block = 20_000 + (std::process::id() % 600) as u16 * 20;
-    for _ in 0..20 {
-        let port = block + NEXT.fetch_add(1, Ordering::Relaxed) % 20;
+    let block = 20_000 + (std::process::id() % 120) as u16 * 100;
+    for _ in 0..100 {
+        let port = block + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no free port in {block}..{}", block + 20);
+    panic!("no free port in {block}..{}", block + 100);
 }
 
 /// Small segments so opening a shard log is quick.
@@ -79,10 +80,16 @@ enum Service {
 
 impl Broker {
     fn start(dir: &Path, shards: usize, service: Service) -> Self {
+        Self::start_with(dir, shards, service, "")
+    }
+
+    /// Starts with `storage_extra` (lines of TOML) added to `[storage]`.
+    fn start_with(dir: &Path, shards: usize, service: Service, storage_extra: &str) -> Self {
         let config = dir.join("broker.toml");
+        let base = TEST_CONFIG.replace("[storage]\n", &format!("[storage]\n{storage_extra}"));
         let text = match service {
-            Service::Raft => TEST_CONFIG.to_owned(),
-            Service::Local => format!("{TEST_CONFIG}\n[raft]\nenabled = false\n"),
+            Service::Raft => base,
+            Service::Local => format!("{base}\n[raft]\nenabled = false\n"),
         };
         std::fs::write(&config, text).unwrap();
         let client = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -1121,4 +1128,193 @@ fn acked_records_survive_kill_9_during_a_produce_loop() {
         };
         assert!(epoch(&after[&base]) > after.get(&0).map_or(0, epoch));
     }
+}
+
+fn delete_topic(client: &mut Client, name: &str) -> ErrorCode {
+    let response = client.call(Api::DeleteTopics, |b| {
+        let name = b.create_string(name);
+        let names = b.create_vector(&[name]);
+        p::DeleteTopicsRequest::create(
+            b,
+            &p::DeleteTopicsRequestArgs {
+                names: Some(names),
+                timeout_ms: 0,
+            },
+        )
+        .as_union_value()
+    });
+    let body = response
+        .response()
+        .body_as_delete_topics_response()
+        .unwrap();
+    assert_eq!(body.error_code(), ErrorCode::None);
+    body.topics().unwrap().get(0).error_code()
+}
+
+/// A batch of `records` records of `value_bytes` bytes each, created now.
+fn big_batch(records: usize, value_bytes: usize, fill: u8) -> Vec<u8> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let value = vec![fill; value_bytes];
+    let mut buf = Vec::new();
+    let mut builder = BatchBuilder::new(&mut buf, 0, now_ms);
+    for _ in 0..records {
+        builder.append(now_ms, None, Some(&value), &[]);
+    }
+    let len = builder.finish();
+    buf.truncate(len);
+    buf
+}
+
+/// Segment files (`*.log`) of shard 0 and their total size.
+fn segment_files(data: &Path) -> (usize, u64) {
+    let mut count = 0;
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(data.join("shard-0")).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().extension().is_some_and(|e| e == "log") {
+            count += 1;
+            bytes += entry.metadata().unwrap().len();
+        }
+    }
+    (count, bytes)
+}
+
+#[test]
+fn retention_and_deleted_topics_give_back_disk_space() {
+    retention_and_deleted_topics_give_back_disk_space_with(Service::Raft);
+}
+
+#[test]
+fn retention_and_deleted_topics_give_back_disk_space_without_raft() {
+    retention_and_deleted_topics_give_back_disk_space_with(Service::Local);
+}
+
+/// A topic written well past its retention by size keeps only its newest
+/// bytes, a topic of records older than the retention by age (7 days, the
+/// default) keeps none, a deleted topic's segments are deleted, the space
+/// comes back (4 MiB segments, retention 1 MiB per partition, checked every
+/// 100 ms), and a restart keeps the new log starts.
+fn retention_and_deleted_topics_give_back_disk_space_with(service: Service) {
+    const BATCHES: usize = 48;
+    const BATCH_RECORDS: usize = 8;
+    const VALUE_BYTES: usize = 24 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "retention_bytes = 1048576\nretention_check_interval_ms = 100\n";
+    let mut broker = Broker::start_with(dir.path(), 1, service, extra);
+    let mut client = Client::connect(broker.client);
+    assert_eq!(create_topic(&mut client, "kept", 1).0, ErrorCode::None);
+    assert_eq!(create_topic(&mut client, "gone", 1).0, ErrorCode::None);
+    assert_eq!(create_topic(&mut client, "aged", 1).0, ErrorCode::None);
+    // Records created in 2023.
+    for i in 0..3 {
+        let (code, base) = produce(&mut client, "aged", 0, &make_batch(5, "old"));
+        assert_eq!((code, base), (ErrorCode::None, i * 5));
+    }
+    // About 9 MiB into each topic: several 4 MiB segments.
+    let mut next_kept = 0;
+    for i in 0..BATCHES {
+        for (topic, fill) in [("kept", b'k'), ("gone", b'g')] {
+            let batch = big_batch(BATCH_RECORDS, VALUE_BYTES, fill + (i % 2) as u8);
+            let (code, base) = produce(&mut client, topic, 0, &batch);
+            assert_eq!(code, ErrorCode::None, "{topic} batch {i}");
+            if topic == "kept" {
+                assert_eq!(base, next_kept);
+                next_kept += BATCH_RECORDS as i64;
+            }
+        }
+    }
+    // Retention may already have run; the log has taken all of it.
+    let metric_sum = |prefix: &str| -> f64 {
+        let (_, text) = http_get(broker.metrics, "/metrics").unwrap();
+        parse_prometheus(&text)
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    // (The counters are copied from the log periodically: poll.)
+    let produced_bytes = (2 * BATCHES * BATCH_RECORDS * VALUE_BYTES) as u64;
+    let deadline = Instant::now() + DEADLINE;
+    let written_bytes = loop {
+        let bytes = metric_sum("shardmq_storage_append_bytes_total{") as u64;
+        if bytes >= produced_bytes {
+            break bytes;
+        }
+        assert!(Instant::now() < deadline, "{bytes} bytes appended");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(delete_topic(&mut client, "gone"), ErrorCode::None);
+
+    // Poll until the collector has deleted what neither topic holds.
+    let deadline = Instant::now() + DEADLINE;
+    let (mut earliest, mut files);
+    loop {
+        (_, earliest, _) = list_offsets(&mut client, "kept", 0, OffsetSpec::Earliest, 0);
+        files = segment_files(&dir.path().join("data"));
+        // Left: the active segment, the one being prepared and at most one
+        // sealed segment holding the kept topic's newest MiB.
+        let (_, aged_start, _) = list_offsets(&mut client, "aged", 0, OffsetSpec::Earliest, 0);
+        if earliest > 0 && files.0 <= 3 && aged_start == 15 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retention did not give back space: earliest {earliest}, {files:?} (appended \
+             {written_bytes} bytes)\n{}",
+            broker.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(files.1 < written_bytes, "{files:?} vs {written_bytes}");
+    // Retention keeps at most its budget, and drops whole batches: what
+    // is left is within one batch of 1 MiB.
+    let kept_bytes = (next_kept - earliest) as usize * VALUE_BYTES;
+    let batch_bytes = BATCH_RECORDS * VALUE_BYTES;
+    assert!(
+        kept_bytes <= 1 << 20 && kept_bytes + batch_bytes > (1 << 20) - batch_bytes,
+        "{kept_bytes} bytes of values kept"
+    );
+    // At least the 4 MiB segments beyond the three left were deleted.
+    let freed = metric_sum("shardmq_storage_freed_bytes_total{");
+    let deleted = metric_sum("shardmq_storage_segments_deleted_total{");
+    assert!(deleted >= 2.0, "segments deleted: {deleted}");
+    assert!(freed >= (8 << 20) as f64, "bytes freed: {freed}");
+
+    // What is kept reads back from the new start, in order, intact.
+    let (code, hw, records) = fetch(&mut client, "kept", 0, earliest, 0);
+    assert_eq!(code, ErrorCode::None);
+    assert_eq!(hw, next_kept);
+    let len = 12 + i32::from_be_bytes(records[8..12].try_into().unwrap()) as usize;
+    let view = batch::RecordBatchView::parse(&records[..len]).unwrap();
+    assert_eq!(view.base_offset(), earliest);
+    // Below the start is gone.
+    assert_eq!(
+        fetch(&mut client, "kept", 0, 0, 0).0,
+        ErrorCode::OffsetOutOfRange
+    );
+    assert_eq!(
+        produce(&mut client, "gone", 0, &big_batch(1, 10, b'x')).0,
+        ErrorCode::UnknownTopic
+    );
+
+    // The new log start survives a restart.
+    drop(client);
+    assert!(broker.terminate().success());
+    let broker = Broker::start_with(dir.path(), 1, service, extra);
+    let mut client = Client::connect(broker.client);
+    let (_, earliest_after, _) = list_offsets(&mut client, "kept", 0, OffsetSpec::Earliest, 0);
+    assert!(earliest_after >= earliest, "{earliest_after} < {earliest}");
+    assert_eq!(
+        latest_offset(&mut client, "kept", 0),
+        (ErrorCode::None, next_kept)
+    );
+    let (_, aged_start, _) = list_offsets(&mut client, "aged", 0, OffsetSpec::Earliest, 0);
+    assert_eq!(aged_start, 15);
+    assert_eq!(latest_offset(&mut client, "aged", 0), (ErrorCode::None, 15));
+    // An emptied partition takes new records at the next offset.
+    let (code, base) = produce(&mut client, "aged", 0, &make_batch(2, "new"));
+    assert_eq!((code, base), (ErrorCode::None, 15));
 }

@@ -442,6 +442,15 @@ impl PartitionService for RaftService {
         &self.log
     }
 
+    fn retain_from(&self, partition: PartitionId) -> Option<u64> {
+        // Entries raft has not applied may still be read by it; with
+        // replication, followers that fall behind the retained prefix
+        // restart from the compaction point (the store's snapshot).
+        let applied = self.raft.with_replica(partition, |r| r.applied_index())?;
+        let visible = self.visible.get(partition).ok()?.index;
+        Some(applied.min(visible) + 1)
+    }
+
     fn end_waits(&self) {
         self.visible.end_waits();
     }

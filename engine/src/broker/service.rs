@@ -134,8 +134,13 @@ pub trait PartitionService: 'static {
     /// The partitions this shard holds.
     fn partitions(&self) -> Vec<PartitionId>;
 
-    /// The shard log the partitions live in (statistics).
+    /// The shard log the partitions live in (statistics, retention).
     fn log(&self) -> &ShardLog;
+
+    /// The first index of `partition` that retention must keep: nothing
+    /// at or after it may be dropped (it is not yet applied, or not yet
+    /// durable). `None` when the partition is not served here.
+    fn retain_from(&self, partition: PartitionId) -> Option<u64>;
 
     /// Ends every fetch waiting for data (each answers with what there
     /// is), now and from now on: the shard is stopping and must not wait
@@ -645,6 +650,11 @@ impl PartitionService for LocalLogService {
 
     fn log(&self) -> &ShardLog {
         &self.log
+    }
+
+    fn retain_from(&self, partition: PartitionId) -> Option<u64> {
+        // What is visible is durable; the rest may still be in a round.
+        self.visible.get(partition).ok().map(|mark| mark.index + 1)
     }
 
     fn end_waits(&self) {

@@ -25,7 +25,7 @@ use event_listener::Event;
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
 use shardmq_net::{listen, ConnLimits, Shutdown};
-use shardmq_storage::{PartitionId, ShardLog};
+use shardmq_storage::{PartitionId, RetentionPolicy, ShardLog};
 
 use super::handler::BrokerHandler;
 use super::raft_service::RaftService;
@@ -517,6 +517,27 @@ async fn serve<S: PartitionService>(
         })
     };
 
+    let housekeeping_task = {
+        let ctx = ctx.clone();
+        let interval = Duration::from_millis(config.storage.retention_check_interval_ms);
+        let policy = config.storage.retention_policy();
+        glommio::spawn_local(async move {
+            let stop = ctx.all_drained.clone();
+            loop {
+                let tick = glommio::timer::sleep(interval);
+                futures_lite::future::or(tick, stop.listen()).await;
+                if stop.is_triggered() {
+                    return;
+                }
+                if let Err(error) = housekeeping(&*ctx.service, policy, &ctx.metrics).await {
+                    // The log is poisoned or a segment unreadable; the
+                    // produce path reports the same error to clients.
+                    tracing::error!(shard = ctx.shard, %error, "retention and collection failed");
+                }
+            }
+        })
+    };
+
     let own_stop = own.shutdown_handle();
     let client_stop = client.shutdown_handle();
     tracing::info!(
@@ -546,6 +567,7 @@ async fn serve<S: PartitionService>(
     }
     ctx.inbound_finished().await;
     stats_task.await;
+    housekeeping_task.await;
     ctx.service
         .close()
         .await
@@ -553,6 +575,50 @@ async fn serve<S: PartitionService>(
     background.await;
     copy_storage_stats(&*ctx.service, &ctx.metrics);
     tracing::info!(shard, "stopped");
+    Ok(())
+}
+
+/// One pass of retention over every partition of the shard, then the
+/// collector, which deletes segment files left without live entries (by
+/// retention or by deleted partitions) and first rewrites the live rest of
+/// mostly-dead ones.
+async fn housekeeping<S: PartitionService>(
+    service: &S,
+    policy: RetentionPolicy,
+    metrics: &ShardMetrics,
+) -> Result<(), shardmq_storage::StorageError> {
+    let log = service.log();
+    if policy.bytes_max.is_some() || policy.age_max_ms.is_some() {
+        let now_ms = super::service::now_ms();
+        for partition in service.partitions() {
+            let Some(keep_from) = service.retain_from(partition) else {
+                continue;
+            };
+            match log
+                .apply_retention(partition, policy, now_ms, keep_from)
+                .await
+            {
+                // Deleted meanwhile.
+                Ok(_) | Err(shardmq_storage::StorageError::UnknownPartition(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    let report = log.gc().await?;
+    if report.segments_deleted > 0 || report.entries_rewritten > 0 {
+        tracing::info!(
+            segments_deleted = report.segments_deleted,
+            entries_rewritten = report.entries_rewritten,
+            bytes_freed = report.bytes_freed,
+            "collector pass"
+        );
+        metrics
+            .storage_segments_deleted
+            .fetch_add(report.segments_deleted, Ordering::Relaxed);
+        metrics
+            .storage_bytes_freed
+            .fetch_add(report.bytes_freed, Ordering::Relaxed);
+    }
     Ok(())
 }
 

@@ -233,6 +233,12 @@ impl PartitionReplica {
         self.raw.raft.raft_log.committed
     }
 
+    /// The applied index: entries up to it have been handed to the state
+    /// machine (the log itself), so retention may drop them.
+    pub fn applied_index(&self) -> u64 {
+        self.raw.raft.raft_log.applied
+    }
+
     /// The last index of raft's log (including entries not yet written).
     pub fn last_index(&self) -> u64 {
         self.raw.raft.raft_log.last_index()

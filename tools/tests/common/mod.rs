@@ -29,18 +29,19 @@ fn broker_binary() -> PathBuf {
 /// picked. The broker binds with SO_REUSEPORT, so a port the kernel handed
 /// to another broker's shard (bind to port 0) could otherwise be shared
 /// silently with it; ports here are never handed out that way. Each test
-/// process takes its own block of 20 ports, by pid.
+/// process takes its own block of 100 ports, by pid, and hands each out once
+/// before it wraps.
 fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let block = 20_000 + (std::process::id() % 600) as u16 * 20;
-    for _ in 0..20 {
-        let port = block + NEXT.fetch_add(1, Ordering::Relaxed) % 20;
+    let block = 20_000 + (std::process::id() % 120) as u16 * 100;
+    for _ in 0..100 {
+        let port = block + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no free port in {block}..{}", block + 20);
+    panic!("no free port in {block}..{}", block + 100);
 }
 
 /// A broker process on free ports in a temporary directory, killed on drop.
