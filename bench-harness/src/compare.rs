@@ -55,6 +55,18 @@ fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
+/// A ratio as `1.23x`, with a third decimal below 0.1 so a small ratio
+/// does not read as zero, and one decimal from 100 up.
+pub fn format_ratio(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.1}x")
+    } else if x >= 0.1 || x == 0.0 {
+        format!("{x:.2}x")
+    } else {
+        format!("{x:.3}x")
+    }
+}
+
 /// What a peer is called in prose.
 pub fn display_name(driver: &str) -> &str {
     match driver {
@@ -83,19 +95,42 @@ pub fn compare(runs: &[DriverRun], peer: &str, by: BestBy) -> Option<Comparison>
         )
     };
     let (throughput_ratio, p99_ratio) = figures(main);
+    let p999_of = |run: &DriverRun| {
+        ratio(
+            run.publish_latency.p999 as f64,
+            peer_best.publish_latency.p999 as f64,
+        )
+    };
     let peer_name = display_name(peer);
-    let mut headline = format!(
-        "shardmq {} {throughput_ratio:.2}x {peer_name} throughput, publish p99 {p99_ratio:.2}x",
-        main.mode
-    );
-    if leader.is_some() {
-        if let Some(all) = all {
-            let (t, p) = figures(all);
-            let _ = write!(
+    let other_all = all.filter(|_| leader.is_some());
+    // At max rate each driver runs at its own rate, so latencies are not
+    // comparable; at a fixed rate throughput is the same for all.
+    let mut headline = match by {
+        BestBy::Throughput => format!(
+            "shardmq {} {} {peer_name} max throughput",
+            main.mode,
+            format_ratio(throughput_ratio)
+        ),
+        BestBy::PublishP99 => format!(
+            "at the same rate, shardmq {} publish p99 {}, p99.9 {} of {peer_name}",
+            main.mode,
+            format_ratio(p99_ratio),
+            format_ratio(p999_of(main))
+        ),
+    };
+    if let Some(all) = other_all {
+        let (t, p) = figures(all);
+        let _ = match by {
+            BestBy::Throughput => {
+                write!(headline, "; acks=all (after fdatasync) {}", format_ratio(t))
+            }
+            BestBy::PublishP99 => write!(
                 headline,
-                "; acks=all (after fdatasync) {t:.2}x, p99 {p:.2}x"
-            );
-        }
+                "; acks=all (after fdatasync) p99 {}, p99.9 {}",
+                format_ratio(p),
+                format_ratio(p999_of(all))
+            ),
+        };
     }
     Some(Comparison {
         peer: peer.to_owned(),
@@ -217,7 +252,7 @@ mod tests {
         assert!((by_rate.throughput_ratio - 2.0).abs() < 1e-9);
         assert!(by_rate
             .headline
-            .starts_with("shardmq acks=leader 2.00x NATS JetStream"));
+            .starts_with("shardmq acks=leader 2.00x NATS JetStream max throughput"));
         assert!(by_rate
             .headline
             .contains("acks=all (after fdatasync) 1.50x"));
@@ -230,6 +265,25 @@ mod tests {
             "{by_p99:?}"
         );
         assert!(by_p99.throughput_ratio > 2.0);
+        assert!(
+            by_p99
+                .headline
+                .starts_with("at the same rate, shardmq acks=leader publish p99 0.50x"),
+            "{}",
+            by_p99.headline
+        );
+        // acks=all's lowest p99 is rep 2 (3000 µs).
+        assert!(by_p99
+            .headline
+            .contains("acks=all (after fdatasync) p99 1.67x"));
+    }
+
+    #[test]
+    fn small_ratios_keep_their_digits() {
+        assert_eq!(format_ratio(0.0038), "0.004x");
+        assert_eq!(format_ratio(0.24), "0.24x");
+        assert_eq!(format_ratio(142.53), "142.5x");
+        assert_eq!(format_ratio(0.0), "0.00x");
     }
 
     #[test]

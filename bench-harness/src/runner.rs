@@ -217,14 +217,9 @@ pub async fn run(opts: RunOptions) -> Result<PathBuf, BoxError> {
         }
     }
 
-    let by = if workload.producer_rate.is_some() {
-        BestBy::PublishP99
-    } else {
-        BestBy::Throughput
-    };
     let comparison = nats_server
         .as_ref()
-        .and_then(|_| compare::compare(&runs, "nats-jetstream", by));
+        .and_then(|_| compare::compare(&runs, "nats-jetstream", best_by(&workload)));
 
     // Stop the servers before writing, so nothing runs while the report is
     // read; their exit is part of the result.
@@ -274,12 +269,12 @@ pub async fn run(opts: RunOptions) -> Result<PathBuf, BoxError> {
     }
     if let Some(c) = &comparison {
         println!(
-            "ratio (shardmq over {}): throughput {:.2}x, publish p50 {:.2}x, p99 {:.2}x, p99.9 {:.2}x",
+            "ratio (shardmq over {}): throughput {}, publish p50 {}, p99 {}, p99.9 {}",
             compare::display_name(&c.peer),
-            c.throughput_ratio,
-            c.publish_p50_ratio,
-            c.publish_p99_ratio,
-            c.publish_p999_ratio
+            compare::format_ratio(c.throughput_ratio),
+            compare::format_ratio(c.publish_p50_ratio),
+            compare::format_ratio(c.publish_p99_ratio),
+            compare::format_ratio(c.publish_p999_ratio)
         );
         println!("{}", c.headline);
     }
@@ -301,6 +296,45 @@ pub async fn run(opts: RunOptions) -> Result<PathBuf, BoxError> {
         .map_err(|e| format!("cannot update the index in {}: {e}", opts.out.display()))?;
     println!("report: {}", dir.display());
     Ok(dir)
+}
+
+/// How the best run of each driver is chosen for `workload`: by
+/// throughput when it searched the max rate, else by publish p99.
+fn best_by(workload: &Workload) -> BestBy {
+    if workload.producer_rate.is_some() {
+        BestBy::PublishP99
+    } else {
+        BestBy::Throughput
+    }
+}
+
+/// `shardmq-bench render DIR`: rewrites a report directory from its
+/// `report.json` (the comparison recomputed from the runs, `report.md` and
+/// the plots rendered again) and replaces its row in the index of the
+/// directory above it. For reports written by an older harness.
+pub fn render(dir: &Path) -> Result<PathBuf, BoxError> {
+    let json_path = dir.join(crate::report::REPORT_JSON);
+    let text = std::fs::read_to_string(&json_path)
+        .map_err(|e| format!("cannot read {}: {e}", json_path.display()))?;
+    let mut report: Report = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not a report: {e}", json_path.display()))?;
+    let workload = Workload::parse(&report.workload_toml, &json_path.display().to_string())?;
+    if let Some(old) = &report.comparison {
+        report.comparison = compare::compare(&report.runs, &old.peer, best_by(&workload));
+    }
+    let reports_dir = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let written = crate::report::write_report_dir(&report, reports_dir).map_err(|e| {
+        format!(
+            "cannot write the report under {}: {e}",
+            reports_dir.display()
+        )
+    })?;
+    crate::report::update_index(reports_dir, &written, &report)
+        .map_err(|e| format!("cannot update the index in {}: {e}", reports_dir.display()))?;
+    Ok(written)
 }
 
 /// One driver's run in the alternation, searching its rate first when the

@@ -1001,6 +1001,45 @@ mod report_dir {
     }
 
     #[test]
+    fn render_recomputes_the_comparison_and_the_index_row() {
+        let tmp = tempfile::TempDir::new().expect("tempdir");
+        let mut report = sample_report(true);
+        // A fixed-rate workload: the runs are compared by publish latency.
+        report.workload_toml = include_str!("../workloads/smoke.toml").to_string();
+        let dir = report::write_report_dir(&report, tmp.path()).expect("write");
+        report::update_index(tmp.path(), &dir, &report).expect("index");
+        let md_path = dir.join(markdown::REPORT_MD);
+        fs::write(&md_path, "stale").expect("overwrite report.md");
+
+        let rendered = shardmq_bench_harness::runner::render(&dir).expect("render");
+        assert_eq!(rendered, dir);
+        let json = fs::read_to_string(dir.join(report::REPORT_JSON)).expect("report.json");
+        let back: Report = serde_json::from_str(&json).expect("parse");
+        let headline = back
+            .comparison
+            .as_ref()
+            .expect("comparison")
+            .headline
+            .clone();
+        assert!(
+            headline.starts_with("at the same rate, shardmq acks=all publish p99 "),
+            "{headline}"
+        );
+        assert_eq!(back.runs, report.runs, "the runs are kept as they were");
+        let md = fs::read_to_string(&md_path).expect("report.md");
+        assert_eq!(md, markdown::render_markdown(&back));
+        let index_text = fs::read_to_string(tmp.path().join("README.md")).expect("index");
+        assert!(index_text.contains(&headline), "{index_text}");
+        assert!(!index_text.contains("1.62x NATS JetStream throughput, p99 0.39x"));
+
+        // A directory without a report is an error, not a panic.
+        let empty = tmp.path().join("empty");
+        fs::create_dir(&empty).expect("mkdir");
+        let error = shardmq_bench_harness::runner::render(&empty).unwrap_err();
+        assert!(error.to_string().contains("report.json"), "{error}");
+    }
+
+    #[test]
     fn report_dir_names_are_one_path_component() {
         let mut report = sample_report(false);
         report.workload = "../a b/c".to_string();

@@ -49,6 +49,13 @@ type BoxError = Box<dyn Error + Send + Sync>;
 /// How long the e2e consumer keeps reading after the producers finished.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
+#[derive(Debug, Args)]
+struct RenderArgs {
+    /// Report directories (each holding a report.json)
+    #[arg(required = true)]
+    dirs: Vec<PathBuf>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Mode {
     /// Only produce, measuring publish latency.
@@ -104,6 +111,12 @@ enum Cmd {
     /// <OUT>/<date>-<workload>/ (report.md, report.json, SVG plots) and
     /// the index <OUT>/README.md. Ctrl-C stops the servers it started.
     Run(RunArgs),
+    /// Render report directories again from their report.json.
+    ///
+    /// Recomputes each comparison from the runs, rewrites report.md and the
+    /// SVG plots, and replaces the report's row in the README.md index of
+    /// the directory above it. Measures nothing.
+    Render(RenderArgs),
     /// Only produce to a running broker, measuring publish latency.
     Produce(LoadArgs),
     /// Only consume from a running broker, measuring end-to-end latency.
@@ -281,6 +294,11 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Run(args) => run_workload(args).await,
+        Cmd::Render(args) => args.dirs.iter().try_for_each(|dir| {
+            let written = runner::render(dir)?;
+            println!("rendered {}", written.display());
+            Ok(())
+        }),
         Cmd::Produce(args) => load(Mode::Produce, args).await,
         Cmd::Consume(args) => load(Mode::Consume, args).await,
         Cmd::E2e(args) => load(Mode::E2e, args).await,
