@@ -9,7 +9,8 @@
 #         and fio's file live in a fresh subdirectory, removed at the end.
 #
 # Environment (optional): BB_SECS (seconds per measured case, default 15),
-# BB_PORT (client port, default 19292; the metrics port is the next one).
+# BB_PORT (client port, default 19292; the metrics port is the next one),
+# BB_RESULTS (a file to write every figure to, as one JSON document).
 #
 # Cases, each on a fresh topic, acks=all:
 #   1. max: 2 producers, 8 partitions, 1 KiB records, as fast as the
@@ -93,8 +94,9 @@ MAX_MB=$(sed -n 's/^produce: .* msg\/s, \([0-9.]*\) MB\/s$/\1/p' <<<"$MAX_OUT")
 
 HALF=$((MAX_RATE / 2))
 echo "== 2. half: $HALF msg/s, 2 producers, 8 partitions, 1 KiB, ${SECS} s" >&2
-bench --topic half --partitions 8 --size 1024 --producers 2 --linger-ms 0 \
-    --rate "$HALF" --duration "$SECS"
+HALF_OUT=$(bench --topic half --partitions 8 --size 1024 --producers 2 --linger-ms 0 \
+    --rate "$HALF" --duration "$SECS")
+echo "$HALF_OUT"
 
 echo "== 3. single: one 100-byte record at a time, 1 partition, ${SECS} s" >&2
 SINGLE_OUT=$(bench --topic single --partitions 1 --size 100 --producers 1 --linger-ms 0 \
@@ -107,4 +109,29 @@ curl -s "http://127.0.0.1:$METRICS/metrics" 2>/dev/null \
     | grep -E '^shardmq_(raft_commit|storage_fsync)_latency_seconds_(sum|count)' || true
 
 RATIO=$(python3 -c "print(f'{$SINGLE_P50 / max($FIO_P50, 1):.2f}')")
+if [[ -n ${BB_RESULTS:-} ]]; then
+    python3 - "$BB_RESULTS" "$WORK/fio.json" "$MAX_OUT" "$HALF_OUT" "$SINGLE_OUT" <<'PY'
+import json, re, sys
+
+out, fio_path, *cases = sys.argv[1:]
+
+def parse(text):
+    """The figures of one shardmq-bench produce summary."""
+    m = re.search(r"produce: messages (\d+), elapsed ([\d.]+) s, (\d+) msg/s, ([\d.]+) MB/s", text)
+    lat = re.search(r"publish latency \(us\): p50 (\d+) p99 (\d+) p99.9 (\d+) p99.99 (\d+) max (\d+)", text)
+    cpu = re.search(r"cpu bench ([\d.]+) s \(([\d.]+) s/GB\) server ([\d.]+) s \(([\d.]+) s/GB\)", text)
+    return {
+        "messages": int(m[1]), "elapsed_s": float(m[2]), "msg_per_s": int(m[3]), "mb_per_s": float(m[4]),
+        "publish_latency_us": dict(zip(("p50", "p99", "p999", "p9999", "max"), map(int, lat.groups()))),
+        "cpu_s": {"bench": float(cpu[1]), "broker": float(cpu[3])},
+        "cpu_s_per_gb": {"bench": float(cpu[2]), "broker": float(cpu[4])},
+    }
+
+sync = json.load(open(fio_path))["jobs"][0]["sync"]["lat_ns"]["percentile"]
+result = dict(zip(("max", "half", "single"), map(parse, cases)))
+result["fio_fdatasync_us"] = {k: sync[p] / 1000 for k, p in (("p50", "50.000000"), ("p99", "99.000000"))}
+result["ratio_single_p50"] = result["single"]["publish_latency_us"]["p50"] / result["fio_fdatasync_us"]["p50"]
+json.dump(result, open(out, "w"), indent=1)
+PY
+fi
 echo "max_mb_s=$MAX_MB single_p50_us=$SINGLE_P50 fio_fdatasync_p50_us=$FIO_P50 ratio_single_p50=$RATIO"
