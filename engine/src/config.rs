@@ -106,10 +106,12 @@ pub struct StorageConfig {
     /// none. Default 604800000 (7 days).
     pub retention_ms: u64,
     /// Write the active segment through an `O_DSYNC` handle: a sync round
-    /// is one durable write, with no fdatasync after it. On the reference
-    /// disk this cut the single-record acks=all p50 by about a quarter at
-    /// the same max throughput (`perf-reports/2026-12-01-single-broker/`).
-    /// Default true.
+    /// is one durable write, with no fdatasync after it, and rounds do not
+    /// overlap. On the reference disk this cut the single-record acks=all
+    /// p50 by about a quarter but made publish tails under load worse than
+    /// the default pipelined rounds (write, then fdatasync, the next
+    /// round's write during it): `perf-reports/2026-12-01-single-broker/`.
+    /// Default false.
     pub write_through: bool,
     /// How often each shard applies retention to its partitions and runs
     /// the collector, which also gives back the space of deleted topics,
@@ -128,7 +130,7 @@ impl Default for StorageConfig {
             gc_live_ratio_max: log.gc_live_ratio_max,
             retention_bytes: 0,
             retention_ms: 7 * 24 * 3600 * 1000,
-            write_through: true,
+            write_through: false,
             retention_check_interval_ms: 5_000,
         }
     }
