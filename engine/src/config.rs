@@ -113,6 +113,13 @@ pub struct StorageConfig {
     /// round's write during it): `perf-reports/2026-12-01-single-broker/`.
     /// Default false.
     pub write_through: bool,
+    /// Write a group-commit round through the `O_DSYNC` handle only when
+    /// the log is idle (nothing else waiting to be made durable, no append
+    /// arrived during the previous round's write), and pipeline the rounds
+    /// of a busy log (write, then fdatasync, the next write during it): a
+    /// lone record costs one durable write, a busy log keeps overlapping
+    /// rounds. Ignored when `write_through` is set. Default true.
+    pub write_through_idle: bool,
     /// How often each shard applies retention to its partitions and runs
     /// the collector, which also gives back the space of deleted topics,
     /// in milliseconds. Default 5000.
@@ -131,6 +138,7 @@ impl Default for StorageConfig {
             retention_bytes: 0,
             retention_ms: 7 * 24 * 3600 * 1000,
             write_through: false,
+            write_through_idle: true,
             retention_check_interval_ms: 5_000,
         }
     }
@@ -146,6 +154,7 @@ impl StorageConfig {
         log.preallocate = self.preallocate;
         log.gc_live_ratio_max = self.gc_live_ratio_max;
         log.write_through = self.write_through;
+        log.write_through_idle = self.write_through_idle;
         log
     }
 

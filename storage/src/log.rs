@@ -86,6 +86,14 @@ pub struct LogConfig {
     /// not overlap in this mode (there is no separate sync stage to overlap
     /// with). Default false.
     pub write_through: bool,
+    /// Write a round through the `O_DSYNC` handle only when the log is
+    /// idle: everything written before is durable, no fdatasync runs, and
+    /// no append arrived while the previous round was being written. Other
+    /// rounds are pipelined (write, then fdatasync, the next write during
+    /// it). A lone record then costs one durable write, and a busy log keeps
+    /// its overlapping rounds. Ignored when `write_through` is set.
+    /// Default false.
+    pub write_through_idle: bool,
 }
 
 impl LogConfig {
@@ -100,6 +108,7 @@ impl LogConfig {
             gc_live_ratio_max: 0.5,
             prezero_bytes_per_sec: 64 << 20,
             write_through: false,
+            write_through_idle: false,
         }
     }
 
@@ -403,6 +412,9 @@ struct Inner {
     /// An fdatasync stage is running (at most one at a time). It may run
     /// while the next round's write does: rounds are pipelined.
     syncing: bool,
+    /// Appends arrived while the last write stage ran (the log is busy; see
+    /// `LogConfig::write_through_idle`).
+    busy_at_last_write: bool,
     rolling: bool,
     /// The next segment, being zeroed in the background.
     prepared: Option<Prepared>,
@@ -627,6 +639,7 @@ impl ShardLog {
             written_lsn: 0,
             writing: false,
             syncing: false,
+            busy_at_last_write: false,
             rolling: false,
             prepared: None,
             space_queue: BTreeMap::new(),
@@ -1161,7 +1174,7 @@ impl ShardLog {
     /// The write stage of a round: takes the staging buffer and writes it
     /// at its aligned position with one O_DIRECT write.
     async fn write_stage(&self) -> Result<()> {
-        let (file, path, buf, pos, target, data_end) = {
+        let (file, path, buf, pos, target, data_end, through) = {
             let mut inner = self.shared.inner.borrow_mut();
             inner.check_poisoned()?;
             if inner.writing || inner.appended_lsn == inner.written_lsn {
@@ -1169,8 +1182,16 @@ impl ShardLog {
             }
             inner.writing = true;
             let target = inner.appended_lsn;
+            let idle = !inner.syncing
+                && inner.durable_lsn == inner.written_lsn
+                && !inner.busy_at_last_write;
             let seg = &inner.segments[&inner.active_seq];
-            let file = seg.writer.as_ref().unwrap_or(&seg.file).clone();
+            let writer = seg
+                .writer
+                .as_ref()
+                .filter(|_| inner.cfg.write_through || (inner.cfg.write_through_idle && idle));
+            let through = writer.is_some();
+            let file = writer.unwrap_or(&seg.file).clone();
             let path = seg.path.clone();
             // The next buffer gets room for twice this round's bytes, not
             // always `write_buffer_bytes`; reserve() grows it up to that.
@@ -1199,7 +1220,7 @@ impl ShardLog {
             let write_len = align_up(fill as u64) as usize;
             taken.as_bytes_mut()[fill..write_len].fill(0);
             taken.trim_to_size(write_len);
-            (file, path, taken, base, target, end)
+            (file, path, taken, base, target, end, through)
         };
         let len = buf.len();
         let started = Instant::now();
@@ -1223,7 +1244,8 @@ impl ShardLog {
                 Ok(()) => {
                     inner.written_lsn = target;
                     inner.written_end = inner.written_end.max(data_end);
-                    if inner.cfg.write_through {
+                    inner.busy_at_last_write = inner.appended_lsn > target;
+                    if through {
                         // Written through: durable now, the round is done.
                         inner.durable_lsn = inner.durable_lsn.max(target);
                         inner.stats.sync_rounds += 1;
@@ -2112,7 +2134,7 @@ async fn zero_fill_now(file: &Rc<DmaFile>, path: &Path, len: u64) -> Result<()> 
 /// The write-through handle of a segment about to become active (`None`
 /// unless the log writes through).
 async fn open_writer(cfg: &LogConfig, path: &Path) -> Result<Option<Rc<DmaFile>>> {
-    if !cfg.write_through {
+    if !(cfg.write_through || cfg.write_through_idle) {
         return Ok(None);
     }
     let file = OpenOptions::new()

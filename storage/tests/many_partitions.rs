@@ -1,21 +1,41 @@
 //! 1,000 partitions on one shard appending concurrently through the
 //! group-commit writer: every append is durable and read back after a
-//! reopen, and sync rounds are shared across partitions.
+//! reopen, and sync rounds are shared across partitions; with rounds
+//! pipelined (the default) and with rounds written through when idle.
 
 mod common;
 
 use std::rc::Rc;
 
 use common::{batch, run, stamped};
-use shardmq_storage::{EntryKind, EntryRef, LogConfig, ShardLog};
+use shardmq_storage::{EntryKind, EntryRef, LogConfig, ShardLog, StatsSnapshot};
 
 const PARTITIONS: u64 = 1_000;
 const APPENDS_PER_PARTITION: u64 = 5;
 
 #[test]
 fn a_thousand_partitions_share_sync_rounds() {
+    thousand_partitions(|_| {});
+}
+
+#[test]
+fn a_thousand_partitions_share_sync_rounds_written_through_when_idle() {
+    let stats = thousand_partitions(|cfg| cfg.write_through_idle = true);
+    // Busy rounds are pipelined (an fdatasync each), idle ones written
+    // through (none): both kinds happened.
+    assert!(stats.fdatasync_calls > 0, "no pipelined round");
+    assert!(
+        stats.sync_rounds > stats.fdatasync_calls,
+        "no round written through: {} rounds, {} fdatasync calls",
+        stats.sync_rounds,
+        stats.fdatasync_calls
+    );
+}
+
+fn thousand_partitions(mode: fn(&mut LogConfig)) -> StatsSnapshot {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = LogConfig::new(dir.path());
+    mode(&mut cfg);
     cfg.segment_bytes = 8 << 20;
     cfg.write_buffer_bytes = 1 << 20;
     cfg.entry_bytes_max = 1 << 20;
@@ -94,4 +114,5 @@ fn a_thousand_partitions_share_sync_rounds() {
             }
         }
     });
+    stats
 }

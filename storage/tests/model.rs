@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use common::{batch, run, small_config, stamped};
 use proptest::prelude::*;
 use shardmq_storage::record::RECORD_HEADER_BYTES;
-use shardmq_storage::{EntryKind, EntryRef, HardState, RetentionPolicy, ShardLog};
+use shardmq_storage::{EntryKind, EntryRef, HardState, LogConfig, RetentionPolicy, ShardLog};
 
 const PARTITIONS: u64 = 3;
 
@@ -228,11 +228,12 @@ async fn append_one(
     });
 }
 
-fn check_ops(ops: Vec<Op>, write_through: bool) {
+/// Runs `ops` against a log configured by `small_config` and then `mode`.
+fn check_ops(ops: Vec<Op>, mode: fn(&mut LogConfig)) {
     let dir = tempfile::tempdir().unwrap();
     run(|| async {
         let mut cfg = small_config(dir.path());
-        cfg.write_through = write_through;
+        mode(&mut cfg);
         let (mut log, _) = ShardLog::open(cfg.clone()).await.unwrap();
         let mut model: Model = BTreeMap::new();
         for p in 0..PARTITIONS {
@@ -439,13 +440,20 @@ proptest! {
 
     #[test]
     fn log_matches_model_across_crashes(ops in proptest::collection::vec(op(), 1..70)) {
-        check_ops(ops, false);
+        check_ops(ops, |_| {});
     }
 
     #[test]
     fn log_written_through_matches_model_across_crashes(
         ops in proptest::collection::vec(op(), 1..70),
     ) {
-        check_ops(ops, true);
+        check_ops(ops, |cfg| cfg.write_through = true);
+    }
+
+    #[test]
+    fn log_written_through_when_idle_matches_model_across_crashes(
+        ops in proptest::collection::vec(op(), 1..70),
+    ) {
+        check_ops(ops, |cfg| cfg.write_through_idle = true);
     }
 }
