@@ -92,15 +92,13 @@ pub fn compare(runs: &[DriverRun], peer: &str, by: BestBy) -> Option<Comparison>
                 run.publish_latency.p99 as f64,
                 peer_best.publish_latency.p99 as f64,
             ),
+            ratio(
+                run.publish_latency.p999 as f64,
+                peer_best.publish_latency.p999 as f64,
+            ),
         )
     };
-    let (throughput_ratio, p99_ratio) = figures(main);
-    let p999_of = |run: &DriverRun| {
-        ratio(
-            run.publish_latency.p999 as f64,
-            peer_best.publish_latency.p999 as f64,
-        )
-    };
+    let (throughput_ratio, p99_ratio, p999_ratio) = figures(main);
     let peer_name = display_name(peer);
     let other_all = all.filter(|_| leader.is_some());
     // At max rate each driver runs at its own rate, so latencies are not
@@ -115,11 +113,11 @@ pub fn compare(runs: &[DriverRun], peer: &str, by: BestBy) -> Option<Comparison>
             "at the same rate, shardmq {} publish p99 {}, p99.9 {} of {peer_name}",
             main.mode,
             format_ratio(p99_ratio),
-            format_ratio(p999_of(main))
+            format_ratio(p999_ratio)
         ),
     };
     if let Some(all) = other_all {
-        let (t, p) = figures(all);
+        let (t, p99, p999) = figures(all);
         let _ = match by {
             BestBy::Throughput => {
                 write!(headline, "; acks=all (after fdatasync) {}", format_ratio(t))
@@ -127,8 +125,8 @@ pub fn compare(runs: &[DriverRun], peer: &str, by: BestBy) -> Option<Comparison>
             BestBy::PublishP99 => write!(
                 headline,
                 "; acks=all (after fdatasync) p99 {}, p99.9 {}",
-                format_ratio(p),
-                format_ratio(p999_of(all))
+                format_ratio(p99),
+                format_ratio(p999)
             ),
         };
     }
@@ -140,10 +138,7 @@ pub fn compare(runs: &[DriverRun], peer: &str, by: BestBy) -> Option<Comparison>
             peer_best.publish_latency.p50 as f64,
         ),
         publish_p99_ratio: p99_ratio,
-        publish_p999_ratio: ratio(
-            main.publish_latency.p999 as f64,
-            peer_best.publish_latency.p999 as f64,
-        ),
+        publish_p999_ratio: p999_ratio,
         headline,
     })
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use shardmq_schema::batch::BATCH_BYTES_MAX;
 use shardmq_schema::protocol::MAX_FRAME_BYTES;
-use shardmq_storage::{LogConfig, RetentionPolicy};
+use shardmq_storage::{LogConfig, RetentionPolicy, SyncMode};
 
 /// The whole broker configuration. Broker view: one per process, read by
 /// the main thread and copied into every shard.
@@ -80,6 +80,18 @@ impl Default for BrokerConfig {
     }
 }
 
+/// `[storage] sync_mode` (`shardmq_storage::SyncMode`, spelled in TOML).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncModeConfig {
+    /// A write, then an fdatasync, the next round's write during it.
+    Pipelined,
+    /// One `O_DSYNC` write per round.
+    WriteThrough,
+    /// Written through while the log is idle, pipelined while it is busy.
+    Adaptive,
+}
+
 /// `[storage]`: the shard log of each shard (`shardmq_storage::LogConfig`)
 /// and the default retention of partitions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,21 +117,15 @@ pub struct StorageConfig {
     /// Default retention by age per partition, in milliseconds; 0 for
     /// none. Default 604800000 (7 days).
     pub retention_ms: u64,
-    /// Write the active segment through an `O_DSYNC` handle: a sync round
-    /// is one durable write, with no fdatasync after it, and rounds do not
-    /// overlap. On the reference disk this cut the single-record acks=all
-    /// p50 by about a quarter but made publish tails under load worse than
-    /// the default pipelined rounds (write, then fdatasync, the next
-    /// round's write during it): `perf-reports/2026-12-01-single-broker/`.
-    /// Default false.
-    pub write_through: bool,
-    /// Write a group-commit round through the `O_DSYNC` handle only when
-    /// the log is idle (nothing else waiting to be made durable, no append
-    /// arrived during the previous round's write), and pipeline the rounds
-    /// of a busy log (write, then fdatasync, the next write during it): a
-    /// lone record costs one durable write, a busy log keeps overlapping
-    /// rounds. Ignored when `write_through` is set. Default true.
-    pub write_through_idle: bool,
+    /// How group-commit rounds make appends durable: "pipelined" (a
+    /// write, then an fdatasync, the next round's write during it),
+    /// "write-through" (one `O_DSYNC` write per round, rounds not
+    /// overlapping) or "adaptive" (written through while the log is idle,
+    /// pipelined while it is busy). On the reference disk adaptive and
+    /// write-through cut the single-record acks=all p50 by about a quarter;
+    /// write-through also lengthened publish tails under load
+    /// (`perf-reports/2026-12-01-single-broker/`). Default "adaptive".
+    pub sync_mode: SyncModeConfig,
     /// How often each shard applies retention to its partitions and runs
     /// the collector, which also gives back the space of deleted topics,
     /// in milliseconds. Default 5000.
@@ -137,8 +143,7 @@ impl Default for StorageConfig {
             gc_live_ratio_max: log.gc_live_ratio_max,
             retention_bytes: 0,
             retention_ms: 7 * 24 * 3600 * 1000,
-            write_through: false,
-            write_through_idle: true,
+            sync_mode: SyncModeConfig::Adaptive,
             retention_check_interval_ms: 5_000,
         }
     }
@@ -153,8 +158,11 @@ impl StorageConfig {
         log.entry_bytes_max = self.entry_bytes_max;
         log.preallocate = self.preallocate;
         log.gc_live_ratio_max = self.gc_live_ratio_max;
-        log.write_through = self.write_through;
-        log.write_through_idle = self.write_through_idle;
+        log.sync_mode = match self.sync_mode {
+            SyncModeConfig::Pipelined => SyncMode::Pipelined,
+            SyncModeConfig::WriteThrough => SyncMode::WriteThrough,
+            SyncModeConfig::Adaptive => SyncMode::Adaptive,
+        };
         log
     }
 

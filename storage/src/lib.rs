@@ -33,7 +33,7 @@ mod stats;
 pub use error::{PartitionId, Result, StorageError};
 pub use log::{
     AppendOutcome, EntryKind, EntryRef, FetchedBatch, GcReport, LogConfig, RecoveryReport,
-    RetentionPolicy, ShardLog, StoredEntry,
+    RetentionPolicy, ShardLog, StoredEntry, SyncMode,
 };
 pub use stats::StatsSnapshot;
 

@@ -78,22 +78,31 @@ pub struct LogConfig {
     /// one is prepared in the background while the current one fills, and
     /// a roll that comes first takes it as far as it got. Default 64 MiB/s.
     pub prezero_bytes_per_sec: u64,
-    /// Write the active segment through a handle opened with `O_DSYNC`: a
-    /// write that completes is durable, and a sync round is that one write,
-    /// with no fdatasync after it (the device flushes or writes through as
-    /// part of the write). On the reference disk a durable 4 KiB write this
-    /// way took about half of a write followed by an fdatasync. Rounds do
-    /// not overlap in this mode (there is no separate sync stage to overlap
-    /// with). Default false.
-    pub write_through: bool,
-    /// Write a round through the `O_DSYNC` handle only when the log is
-    /// idle: everything written before is durable, no fdatasync runs, and
-    /// no append arrived while the previous round was being written. Other
-    /// rounds are pipelined (write, then fdatasync, the next write during
-    /// it). A lone record then costs one durable write, and a busy log keeps
-    /// its overlapping rounds. Ignored when `write_through` is set.
-    /// Default false.
-    pub write_through_idle: bool,
+    /// How a sync round makes its appends durable. Default
+    /// [`SyncMode::Pipelined`].
+    pub sync_mode: SyncMode,
+}
+
+/// How the group-commit rounds of a shard log make appends durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Each round is an O_DIRECT write, then an fdatasync; the next round's
+    /// write runs during this round's fdatasync.
+    #[default]
+    Pipelined,
+    /// Each round is one write through a handle opened with `O_DSYNC`:
+    /// durable when it completes, with no fdatasync after it (the device
+    /// flushes or writes through as part of the write). Rounds do not
+    /// overlap (there is no separate sync stage to overlap with). On the
+    /// reference disk a durable 4 KiB write this way took about half of a
+    /// write followed by an fdatasync.
+    WriteThrough,
+    /// A round is written through only when the log is idle: everything
+    /// written before is durable, no fdatasync runs, and no append arrived
+    /// while the previous round was being written. Other rounds are
+    /// pipelined. A lone record then costs one durable write, and a busy
+    /// log keeps its overlapping rounds.
+    Adaptive,
 }
 
 impl LogConfig {
@@ -107,8 +116,7 @@ impl LogConfig {
             preallocate: true,
             gc_live_ratio_max: 0.5,
             prezero_bytes_per_sec: 64 << 20,
-            write_through: false,
-            write_through_idle: false,
+            sync_mode: SyncMode::Pipelined,
         }
     }
 
@@ -413,7 +421,7 @@ struct Inner {
     /// while the next round's write does: rounds are pipelined.
     syncing: bool,
     /// Appends arrived while the last write stage ran (the log is busy; see
-    /// `LogConfig::write_through_idle`).
+    /// `SyncMode::Adaptive`).
     busy_at_last_write: bool,
     rolling: bool,
     /// The next segment, being zeroed in the background.
@@ -1186,10 +1194,11 @@ impl ShardLog {
                 && inner.durable_lsn == inner.written_lsn
                 && !inner.busy_at_last_write;
             let seg = &inner.segments[&inner.active_seq];
-            let writer = seg
-                .writer
-                .as_ref()
-                .filter(|_| inner.cfg.write_through || (inner.cfg.write_through_idle && idle));
+            let writer = seg.writer.as_ref().filter(|_| match inner.cfg.sync_mode {
+                SyncMode::Pipelined => false,
+                SyncMode::WriteThrough => true,
+                SyncMode::Adaptive => idle,
+            });
             let through = writer.is_some();
             let file = writer.unwrap_or(&seg.file).clone();
             let path = seg.path.clone();
@@ -2134,7 +2143,7 @@ async fn zero_fill_now(file: &Rc<DmaFile>, path: &Path, len: u64) -> Result<()> 
 /// The write-through handle of a segment about to become active (`None`
 /// unless the log writes through).
 async fn open_writer(cfg: &LogConfig, path: &Path) -> Result<Option<Rc<DmaFile>>> {
-    if !(cfg.write_through || cfg.write_through_idle) {
+    if cfg.sync_mode == SyncMode::Pipelined {
         return Ok(None);
     }
     let file = OpenOptions::new()

@@ -490,7 +490,7 @@ fn written_through_rounds_are_durable_without_fdatasync() {
     let parts = [3u64, 4];
     let config = || {
         let mut cfg = small_config(dir.path());
-        cfg.write_through = true;
+        cfg.sync_mode = shardmq_storage::SyncMode::WriteThrough;
         cfg
     };
     let expect = run(|| async {

@@ -8,7 +8,7 @@ mod common;
 use std::rc::Rc;
 
 use common::{batch, run, stamped};
-use shardmq_storage::{EntryKind, EntryRef, LogConfig, ShardLog, StatsSnapshot};
+use shardmq_storage::{EntryKind, EntryRef, LogConfig, ShardLog, StatsSnapshot, SyncMode};
 
 const PARTITIONS: u64 = 1_000;
 const APPENDS_PER_PARTITION: u64 = 5;
@@ -20,7 +20,7 @@ fn a_thousand_partitions_share_sync_rounds() {
 
 #[test]
 fn a_thousand_partitions_share_sync_rounds_written_through_when_idle() {
-    let stats = thousand_partitions(|cfg| cfg.write_through_idle = true);
+    let stats = thousand_partitions(|cfg| cfg.sync_mode = SyncMode::Adaptive);
     // Busy rounds are pipelined (an fdatasync each), idle ones written
     // through (none): both kinds happened.
     assert!(stats.fdatasync_calls > 0, "no pipelined round");

@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 use common::{batch, run, small_config, stamped};
 use proptest::prelude::*;
 use shardmq_storage::record::RECORD_HEADER_BYTES;
-use shardmq_storage::{EntryKind, EntryRef, HardState, LogConfig, RetentionPolicy, ShardLog};
+use shardmq_storage::{
+    EntryKind, EntryRef, HardState, LogConfig, RetentionPolicy, ShardLog, SyncMode,
+};
 
 const PARTITIONS: u64 = 3;
 
@@ -447,13 +449,13 @@ proptest! {
     fn log_written_through_matches_model_across_crashes(
         ops in proptest::collection::vec(op(), 1..70),
     ) {
-        check_ops(ops, |cfg| cfg.write_through = true);
+        check_ops(ops, |cfg| cfg.sync_mode = SyncMode::WriteThrough);
     }
 
     #[test]
     fn log_written_through_when_idle_matches_model_across_crashes(
         ops in proptest::collection::vec(op(), 1..70),
     ) {
-        check_ops(ops, |cfg| cfg.write_through_idle = true);
+        check_ops(ops, |cfg| cfg.sync_mode = SyncMode::Adaptive);
     }
 }

@@ -273,7 +273,9 @@ async fn bench(args: &Args, dir: PathBuf, payload: Vec<u8>) -> Result<Results, B
     cfg.segment_bytes = args.segment_bytes;
     cfg.write_buffer_bytes = usize::try_from(args.write_buffer_bytes)?;
     cfg.prezero_bytes_per_sec = args.prezero_bytes_per_sec;
-    cfg.write_through = args.write_through;
+    if args.write_through {
+        cfg.sync_mode = shardmq_storage::SyncMode::WriteThrough;
+    }
     cfg.entry_bytes_max = cfg
         .entry_bytes_max
         .max(payload.len())
