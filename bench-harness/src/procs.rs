@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -34,6 +34,19 @@ impl fmt::Display for ProcError {
 
 impl std::error::Error for ProcError {}
 
+/// Whether `port` on 127.0.0.1 can be bound the way a server binds it:
+/// without SO_REUSEADDR (glommio, which the broker runs on, sets only SO_REUSEPORT), so a port that a
+/// connection of an earlier server still holds in TIME_WAIT counts as
+/// taken. std's `TcpListener::bind` sets SO_REUSEADDR and would miss it.
+fn bindable_as_server(port: u16) -> bool {
+    let Ok(socket) = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+    else {
+        return false;
+    };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    socket.bind(&addr.into()).is_ok()
+}
+
 /// A free port on 127.0.0.1 below the kernel's ephemeral range (32768 and
 /// up). The broker binds with SO_REUSEPORT, so a port the kernel hands out
 /// for port 0 could silently be shared with another broker; ports here are
@@ -45,7 +58,7 @@ pub fn free_port() -> Result<u16, ProcError> {
     let block = 12_000 + (std::process::id() % 400) as u16 * PORT_BLOCK;
     for _ in 0..PORT_BLOCK {
         let port = block + NEXT.fetch_add(1, Ordering::Relaxed) % PORT_BLOCK;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if bindable_as_server(port) {
             return Ok(port);
         }
     }
@@ -270,6 +283,8 @@ pub async fn start_nats(bin: &Path, data_parent: &Path) -> Result<ServerProcess,
 
 #[cfg(test)]
 mod tests {
+    use std::net::TcpListener;
+
     use super::*;
 
     #[test]

@@ -2,7 +2,7 @@
 //! binaries, started on free ports in a temporary directory, killed on drop.
 #![allow(dead_code)]
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,6 +25,19 @@ fn broker_binary() -> PathBuf {
     profile_dir.join("shardmq-broker")
 }
 
+/// Whether `port` on 127.0.0.1 can be bound the way the broker binds it:
+/// without SO_REUSEADDR (glommio sets only SO_REUSEPORT), so a port that a
+/// connection of an earlier server still holds in TIME_WAIT counts as
+/// taken. std's `TcpListener::bind` sets SO_REUSEADDR and would miss it.
+fn bindable_as_broker(port: u16) -> bool {
+    let Ok(socket) = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+    else {
+        return false;
+    };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    socket.bind(&addr.into()).is_ok()
+}
+
 /// A port below the kernel's ephemeral range (32768 and up), free when
 /// picked. The broker binds with SO_REUSEPORT, so a port the kernel handed
 /// to another broker's shard (bind to port 0) could otherwise be shared
@@ -37,7 +50,7 @@ fn free_port() -> u16 {
     let block = 20_000 + (std::process::id() % 120) as u16 * 100;
     for _ in 0..100 {
         let port = block + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if bindable_as_broker(port) {
             return port;
         }
     }
