@@ -13,8 +13,13 @@
 #   SVF_CPU       CPU the bench's executor is pinned to (default 0)
 #   SVF_FIO_PIN   1 to pin fio to SVF_CPU as well (default 0: fio unpinned)
 #   SVF_RESULTS   file to write every raw result to, as one JSON document
-#   SVF_WRITE_THROUGH  1 to run the bench with --write-through (segments
-#                 written through O_DSYNC, no fdatasync; default 0)
+#   SVF_SYNC_MODE the bench's --sync-mode: adaptive (default, the broker's
+#                 default), pipelined or write-through
+#   SVF_REPEAT    times to run the whole sequence (default 1). The cases of
+#                 one pass alternate fio and ours; with several passes every
+#                 figure printed is the median over the passes and the
+#                 ratios of each pass are printed too (a shared virtual disk
+#                 varies by tens of percent from minute to minute).
 #
 # (a) Latency/bandwidth at 4 KiB, 64 KiB and 1 MiB: fio writes with
 #     io_uring, O_DIRECT, queue depth 1 and an fdatasync after every write
@@ -30,8 +35,10 @@
 #
 # The last line printed is
 #   ratio_bw_1m=<ours/fio> ratio_p50_4k=<ours/fio> ratio_parts_1000=<ours/ours>
-# where ratio_bw_1m compares ours with fio's no-fdatasync ceiling (the line
-# before it also gives ratio_bw_1m_durable, against fio with fdatasync), ratio_p50_4k our
+# where ratio_bw_1m compares ours with fio's no-fdatasync ceiling (the lines
+# before it also give ratio_bw_1m_durable, against fio with fdatasync, and
+# fio_durable_over_raw, fio with fdatasync against fio without: the share of
+# the ceiling that a durable writer reached on this disk), ratio_p50_4k our
 # 4 KiB append+sync p50 to fio's fdatasync p50 (fio's sync latency alone,
 # without the write), and ratio_parts_1000 our appends/s at 1,000
 # partitions to ours at 1.
@@ -47,8 +54,13 @@ DIR=$1
 SECS=${SVF_SECS:-6}
 CPU=${SVF_CPU:-0}
 FIO_PIN=${SVF_FIO_PIN:-0}
-WRITE_THROUGH=()
-[[ ${SVF_WRITE_THROUGH:-0} == 1 ]] && WRITE_THROUGH=(--write-through)
+SYNC_MODE=${SVF_SYNC_MODE:-adaptive}
+REPEAT=${SVF_REPEAT:-1}
+case $SYNC_MODE in
+    adaptive | pipelined | write-through) ;;
+    *) echo "SVF_SYNC_MODE must be adaptive, pipelined or write-through, not '$SYNC_MODE'" >&2; exit 2 ;;
+esac
+[[ $REPEAT =~ ^[1-9][0-9]*$ ]] || { echo "SVF_REPEAT must be a positive count, not '$REPEAT'" >&2; exit 2; }
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 if ! command -v fio >/dev/null 2>&1; then
@@ -75,7 +87,8 @@ FSTYPE=$(df -T "$WORK" | awk 'NR == 2 { print $2 }')
 if [[ $FSTYPE == tmpfs ]]; then
     echo "warning: $DIR is on tmpfs; O_DIRECT and fdatasync numbers mean nothing there" >&2
 fi
-echo "== dir on $FSTYPE, ${SECS} s per case (+1 s warm-up), bench on CPU $CPU," \
+echo "== dir on $FSTYPE, ${SECS} s per case (+1 s warm-up), $REPEAT pass(es)," \
+    "bench on CPU $CPU in sync mode $SYNC_MODE," \
     "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 FIO_PIN_ARGS=()
@@ -107,7 +120,7 @@ run_bench() {
     shift
     echo "-- ours $name" >&2
     if ! "$BENCH" --dir "$WORK" --duration-secs "$SECS" --warmup-secs 1 --cpu "$CPU" \
-        ${WRITE_THROUGH[@]+"${WRITE_THROUGH[@]}"} --json "$@" >"$RES/ours-$name.out" 2>"$RES/ours-$name.log"; then
+        --sync-mode "$SYNC_MODE" --json "$@" >"$RES/ours-$name.out" 2>"$RES/ours-$name.log"; then
         cat "$RES/ours-$name.log" >&2
         return 1
     fi
@@ -115,40 +128,52 @@ run_bench() {
     settle
 }
 
-# (a) size by size: fio (qd 1, fdatasync after each write), then ours.
-for bs in 4096 65536 1048576; do
-    # Files no larger than a case writes: fio preallocates them, and
-    # deleting a large file costs the next case its discard.
-    case $bs in
-        4096) size=256m ;;
-        65536) size=2g ;;
-        *) size=4g ;;
-    esac
-    run_fio "lat-$bs" "$bs" "$size" --iodepth=1 --fdatasync=1
-    run_bench "lat-$bs" --batch-bytes "$bs" --partitions 1 --concurrency 1
-done
-# Bandwidth: fio qd 8 without and with fdatasync; ours 32 partitions at 1 MiB.
-run_fio bw-1048576 1048576 8g --iodepth=8
-run_fio bwsync-1048576 1048576 4g --iodepth=8 --fdatasync=16
-run_bench bw-1048576 --batch-bytes 1048576 --partitions 32 --concurrency 1
-# (b) partition scaling at 4 KiB.
-for p in 1 100 1000; do
-    run_bench "parts-$p" --batch-bytes 4096 --partitions "$p" --concurrency 1
+for pass in $(seq 1 "$REPEAT"); do
+    [[ $REPEAT -gt 1 ]] && echo "== pass $pass of $REPEAT" >&2
+    # (a) size by size: fio (qd 1, fdatasync after each write), then ours.
+    for bs in 4096 65536 1048576; do
+        # Files no larger than a case writes: fio preallocates them, and
+        # deleting a large file costs the next case its discard.
+        case $bs in
+            4096) size=256m ;;
+            65536) size=2g ;;
+            *) size=4g ;;
+        esac
+        run_fio "lat-$bs-p$pass" "$bs" "$size" --iodepth=1 --fdatasync=1
+        run_bench "lat-$bs-p$pass" --batch-bytes "$bs" --partitions 1 --concurrency 1
+    done
+    # Bandwidth: fio qd 8 without and with fdatasync; ours 32 partitions at 1 MiB.
+    run_fio "bw-1048576-p$pass" 1048576 8g --iodepth=8
+    run_fio "bwsync-1048576-p$pass" 1048576 4g --iodepth=8 --fdatasync=16
+    run_bench "bw-1048576-p$pass" --batch-bytes 1048576 --partitions 32 --concurrency 1
+    # (b) partition scaling at 4 KiB.
+    for p in 1 100 1000; do
+        run_bench "parts-$p-p$pass" --batch-bytes 4096 --partitions "$p" --concurrency 1
+    done
 done
 
 echo "== load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
-python3 - "$RES" "${SVF_RESULTS:-}" <<'PY'
-import json, os, sys
+python3 - "$RES" "${SVF_RESULTS:-}" "$REPEAT" "$SYNC_MODE" <<'PY'
+import json, os, statistics, sys
 
-res, out_path = sys.argv[1], sys.argv[2]
+res, out_path, passes, sync_mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 
-def load(name):
-    with open(os.path.join(res, name + ".json")) as f:
+def median_tree(items):
+    """The median of every number across items of the same shape."""
+    first = items[0]
+    if isinstance(first, dict):
+        return {k: median_tree([i[k] for i in items]) for k in first}
+    if isinstance(first, bool) or not isinstance(first, (int, float)):
+        return first
+    return statistics.median(items)
+
+def load_pass(name, p):
+    with open(os.path.join(res, f"{name}-p{p}.json")) as f:
         return json.load(f)
 
-def fio_case(name):
-    job = load("fio-" + name)["jobs"][0]
+def fio_pass(name, p):
+    job = load_pass("fio-" + name, p)["jobs"][0]
     w = job["write"]
     pct = lambda h, p: h.get("percentile", {}).get(p, 0) / 1e3
     clat = w["clat_ns"]
@@ -168,11 +193,17 @@ def fio_case(name):
         "cycle_mean_us": 1e6 / w["iops"] if w["iops"] else 0.0,
     }
 
+def fio_case(name):
+    return median_tree([fio_pass(name, p) for p in range(1, passes + 1)])
+
+def ours_pass(name, p):
+    return load_pass("ours-" + name, p)
+
 def ours(name):
-    return load("ours-" + name)
+    return median_tree([ours_pass(name, p) for p in range(1, passes + 1)])
 
 sizes = [(4096, "4 KiB"), (65536, "64 KiB"), (1048576, "1 MiB")]
-all_results = {"fio": {}, "ours": {}}
+all_results = {"sync_mode": sync_mode, "passes": passes, "fio": {}, "ours": {}}
 hdr = f"{'case':<40} {'MB/s':>9} {'ops/s':>9} {'p50':>8} {'p99':>8} {'p99.9':>8}   (latency in us)"
 
 print("== (a) append+sync (ours) vs write+fdatasync (fio), queue depth 1, 1 partition")
@@ -222,16 +253,29 @@ for p in (1, 100, 1000):
 def div(a, b):
     return a / b if b else float("nan")
 
-bw = div(all_results["ours"]["bw-1048576"]["mb_per_sec"], all_results["fio"]["bw-1048576"]["mb_per_sec"])
-bw_durable = div(all_results["ours"]["bw-1048576"]["mb_per_sec"], all_results["fio"]["bwsync-1048576"]["mb_per_sec"])
-p50 = div(all_results["ours"]["lat-4096"]["latency_us"]["p50"], all_results["fio"]["lat-4096"]["fdatasync_us"]["p50"])
-parts = div(all_results["ours"]["parts-1000"]["appends_per_sec"], all_results["ours"]["parts-1"]["appends_per_sec"])
-all_results["ratios"] = {"ratio_bw_1m": bw, "ratio_bw_1m_durable": bw_durable, "ratio_p50_4k": p50, "ratio_parts_1000": parts}
+def ratios(fio, ours):
+    return {
+        "ratio_bw_1m": div(ours("bw-1048576")["mb_per_sec"], fio("bw-1048576")["mb_per_sec"]),
+        "ratio_bw_1m_durable": div(ours("bw-1048576")["mb_per_sec"], fio("bwsync-1048576")["mb_per_sec"]),
+        "fio_durable_over_raw": div(fio("bwsync-1048576")["mb_per_sec"], fio("bw-1048576")["mb_per_sec"]),
+        "ratio_p50_4k": div(ours("lat-4096")["latency_us"]["p50"], fio("lat-4096")["fdatasync_us"]["p50"]),
+        "ratio_parts_1000": div(ours("parts-1000")["appends_per_sec"], ours("parts-1")["appends_per_sec"]),
+    }
+
+per_pass = [ratios(lambda n: fio_pass(n, p), lambda n: ours_pass(n, p)) for p in range(1, passes + 1)]
+r = median_tree(per_pass)
+all_results["ratios"] = r
+all_results["ratios_per_pass"] = per_pass
 if out_path:
     with open(out_path, "w") as f:
         json.dump(all_results, f, indent=1)
 print()
+if passes > 1:
+    print(f"== ratios of each pass (the line at the end gives their medians)")
+    for i, q in enumerate(per_pass, 1):
+        print(f"pass {i}: " + " ".join(f"{k}={v:.3f}" for k, v in q.items()))
 print("targets: ratio_bw_1m >= 0.8, ratio_p50_4k <= 1.5, ratio_parts_1000 >= 0.8")
-print(f"ratio_bw_1m_durable={bw_durable:.3f} (ours / fio with fdatasync every 16 MiB)")
-print(f"ratio_bw_1m={bw:.3f} ratio_p50_4k={p50:.3f} ratio_parts_1000={parts:.3f}")
+print(f"ratio_bw_1m_durable={r['ratio_bw_1m_durable']:.3f} (ours / fio with fdatasync every 16 MiB)")
+print(f"fio_durable_over_raw={r['fio_durable_over_raw']:.3f} (fio with fdatasync every 16 MiB / fio without)")
+print(f"ratio_bw_1m={r['ratio_bw_1m']:.3f} ratio_p50_4k={r['ratio_p50_4k']:.3f} ratio_parts_1000={r['ratio_parts_1000']:.3f}")
 PY

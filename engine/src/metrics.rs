@@ -110,8 +110,11 @@ pub struct ShardMetrics {
     pub produce_latency: LatencyHistogram,
     /// Fetch latency per request, long-poll waits included.
     pub fetch_latency: LatencyHistogram,
-    /// fdatasync latency of the shard log, copied from its stats.
+    /// Sync-round latency of the shard log (an fdatasync, or a write
+    /// through `O_DSYNC`), copied from its stats.
     pub fsync_latency: LatencyHistogram,
+    /// Segment write latency of the shard log, copied from its stats.
+    pub write_latency: LatencyHistogram,
     /// Partitions (replicas) on this shard.
     pub partitions: AtomicU64,
     /// Partitions this shard leads.
@@ -299,8 +302,13 @@ impl BrokerMetrics {
             ),
             (
                 "shardmq_storage_fsync_latency_seconds",
-                "fdatasync latency of the shard log.",
+                "Sync-round latency of the shard log: an fdatasync, or a write through O_DSYNC.",
                 |m| &m.fsync_latency,
+            ),
+            (
+                "shardmq_storage_write_latency_seconds",
+                "Segment write latency of the shard log.",
+                |m| &m.write_latency,
             ),
             (
                 "shardmq_raft_commit_latency_seconds",

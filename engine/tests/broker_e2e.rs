@@ -772,6 +772,22 @@ fn produce_fetch_across_shards_survives_a_restart_with(service: Service) {
     assert!(samples
         .keys()
         .any(|k| k.starts_with("shardmq_storage_fsync_latency_seconds_count{")));
+    // Storage counters are copied into the metrics every second: poll.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, text) = http_get(broker.metrics, "/metrics").unwrap();
+        assert_eq!(status, 200);
+        let writes: f64 = parse_prometheus(&text)
+            .iter()
+            .filter(|(k, _)| k.starts_with("shardmq_storage_write_latency_seconds_count{"))
+            .map(|(_, v)| v)
+            .sum();
+        if writes >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no segment write counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // Per partition, on the owning shard: partition 0 took the two rounds
     // and the forwarded batch.
     let of_partition_0 = |family: &str| -> f64 {

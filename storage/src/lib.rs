@@ -23,6 +23,7 @@
 //!   only by data entries;
 //! - a [`ShardLog`] is `!Send`: it lives on the shard that opened it.
 
+mod crc;
 mod error;
 mod log;
 pub mod record;

@@ -397,6 +397,16 @@ impl std::fmt::Debug for Staging {
     }
 }
 
+/// What the writer stamps into a data entry's batch in the staging copy:
+/// base offset and leader epoch (the Raft term), and the batch's crc as
+/// `check_entry` verified it.
+#[derive(Debug, Clone, Copy)]
+struct Stamp {
+    base_offset: i64,
+    epoch: i32,
+    batch_crc: u32,
+}
+
 #[derive(Debug)]
 struct Inner {
     cfg: LogConfig,
@@ -736,10 +746,10 @@ impl ShardLog {
                     entries[i - 1].index
                 )));
             }
-            let facts = self.check_entry(id, e)?;
+            let (facts, batch_crc) = self.check_entry(id, e)?;
             self.reserve(RECORD_HEADER_BYTES + e.payload.len()).await?;
             let mut inner = self.shared.inner.borrow_mut();
-            let o = inner.append_entry(id, e, facts, 0)?;
+            let o = inner.append_entry(id, e, facts, batch_crc, 0)?;
             outcome = Some(match outcome {
                 None => o,
                 Some(prev) => AppendOutcome {
@@ -762,7 +772,10 @@ impl ShardLog {
         }
     }
 
-    fn check_entry(&self, id: PartitionId, e: &EntryRef<'_>) -> Result<(u32, i64)> {
+    /// Checks an entry before it is appended: its size, and for a data entry
+    /// the record batch, crc included. Returns the batch facts (offset
+    /// count, max timestamp) and, for a data entry, the batch's verified crc.
+    fn check_entry(&self, id: PartitionId, e: &EntryRef<'_>) -> Result<((u32, i64), Option<u32>)> {
         let max = self.shared.inner.borrow().cfg.entry_bytes_max;
         if e.payload.len() > max {
             return Err(StorageError::InvalidArgument(format!(
@@ -780,12 +793,15 @@ impl ShardLog {
                         source,
                     }
                 })?;
-                Ok((view.offset_count(), view.max_timestamp()))
+                Ok((
+                    (view.offset_count(), view.max_timestamp()),
+                    Some(view.crc()),
+                ))
             }
             EntryKind::Empty if !e.payload.is_empty() => Err(StorageError::InvalidArgument(
                 format!("partition {id}: empty entry {} has a payload", e.index),
             )),
-            _ => Ok((0, i64::MIN)),
+            _ => Ok(((0, i64::MIN), None)),
         }
     }
 
@@ -1249,6 +1265,8 @@ impl ShardLog {
             let mut inner = self.shared.inner.borrow_mut();
             inner.writing = false;
             inner.stats.write_calls += 1;
+            let write_us = started.elapsed().as_micros().max(1) as u64;
+            inner.stats.write_latency_us.saturating_record(write_us);
             match &result {
                 Ok(()) => {
                     inner.written_lsn = target;
@@ -1258,8 +1276,7 @@ impl ShardLog {
                         // Written through: durable now, the round is done.
                         inner.durable_lsn = inner.durable_lsn.max(target);
                         inner.stats.sync_rounds += 1;
-                        let us = started.elapsed().as_micros() as u64;
-                        inner.stats.sync_latency_us.saturating_record(us.max(1));
+                        inner.stats.sync_latency_us.saturating_record(write_us);
                     }
                 }
                 Err(e) => inner.poisoned = Some(e.to_string()),
@@ -1876,6 +1893,7 @@ impl Inner {
         id: PartitionId,
         e: &EntryRef<'_>,
         facts: (u32, i64),
+        batch_crc: Option<u32>,
         flags: u8,
     ) -> Result<AppendOutcome> {
         let p = self.serving_part(id)?;
@@ -1893,7 +1911,14 @@ impl Inner {
         let base_offset = self.parts[&id].next_offset;
         // Data entries are stamped in the staging copy: the producer's crc
         // does not cover base offset and leader epoch, so it stays valid.
-        let stamp = (e.kind == EntryKind::Data).then_some((base_offset as i64, e.term as i32));
+        let stamp = match (e.kind, batch_crc) {
+            (EntryKind::Data, Some(crc)) => Some(Stamp {
+                base_offset: base_offset as i64,
+                epoch: e.term as i32,
+                batch_crc: crc,
+            }),
+            _ => None,
+        };
         let pos = self.encode_record(
             e.kind.record_kind(),
             flags,
@@ -1950,7 +1975,7 @@ impl Inner {
         term: u64,
         payload: &[&[u8]],
         facts: (u32, i64),
-        stamp: Option<(i64, i32)>,
+        stamp: Option<Stamp>,
     ) -> u32 {
         let payload_len: usize = payload.iter().map(|p| p.len()).sum();
         let len = RECORD_HEADER_BYTES + payload_len;
@@ -1971,10 +1996,17 @@ impl Inner {
             w += part.len();
         }
         let body = &mut buf[at + RECORD_HEADER_BYTES..w];
-        if let Some((base_offset, epoch)) = stamp {
-            batch::stamp(body, base_offset, epoch);
-        }
-        let payload_crc = crc32c::crc32c(body);
+        let payload_crc = match stamp {
+            Some(st) if body.len() >= batch::CRC_COVERED_FROM => {
+                batch::stamp(body, st.base_offset, st.epoch);
+                // The batch's own crc covers everything from its
+                // attributes on and was verified: extend it over the
+                // stamped header instead of a second pass over the batch.
+                let (head, covered) = body.split_at(batch::CRC_COVERED_FROM);
+                crate::crc::combine(crc32c::crc32c(head), st.batch_crc, covered.len())
+            }
+            _ => crc32c::crc32c(body),
+        };
         let header = RecordHeader {
             header_crc: 0,
             prev_header_crc: self.prev_crc,

@@ -16,6 +16,8 @@ pub(crate) struct Stats {
     pub corruptions: u64,
     /// Latency of one fdatasync stage, microseconds.
     pub sync_latency_us: Histogram<u64>,
+    /// Latency of one segment write, microseconds.
+    pub write_latency_us: Histogram<u64>,
 }
 
 impl Default for Stats {
@@ -32,6 +34,8 @@ impl Default for Stats {
             corruptions: 0,
             // 1 µs to 60 s, 3 significant digits.
             sync_latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)
+                .expect("static histogram bounds are valid"),
+            write_latency_us: Histogram::new_with_bounds(1, 60_000_000, 3)
                 .expect("static histogram bounds are valid"),
         }
     }
@@ -57,6 +61,8 @@ pub struct StatsSnapshot {
     pub corruptions: u64,
     /// Latency of one fdatasync stage, microseconds.
     pub sync_latency_us: Histogram<u64>,
+    /// Latency of one segment write, microseconds.
+    pub write_latency_us: Histogram<u64>,
 }
 
 impl Stats {
@@ -72,6 +78,7 @@ impl Stats {
             entries_rewritten: self.entries_rewritten,
             corruptions: self.corruptions,
             sync_latency_us: self.sync_latency_us.clone(),
+            write_latency_us: self.write_latency_us.clone(),
         }
     }
 }

@@ -28,15 +28,43 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use glommio::sync::Semaphore;
 use glommio::timer::sleep;
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use shardmq_schema::batch::{BatchBuilder, RecordBatchView};
-use shardmq_storage::{EntryKind, EntryRef, LogConfig, PartitionId, ShardLog, StatsSnapshot};
+use shardmq_storage::{
+    EntryKind, EntryRef, LogConfig, PartitionId, ShardLog, StatsSnapshot, SyncMode,
+};
 
 type BoxError = Box<dyn Error>;
+
+/// `--sync-mode` values, one per [`SyncMode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SyncModeArg {
+    Pipelined,
+    WriteThrough,
+    Adaptive,
+}
+
+impl SyncModeArg {
+    fn mode(self) -> SyncMode {
+        match self {
+            SyncModeArg::Pipelined => SyncMode::Pipelined,
+            SyncModeArg::WriteThrough => SyncMode::WriteThrough,
+            SyncModeArg::Adaptive => SyncMode::Adaptive,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            SyncModeArg::Pipelined => "pipelined",
+            SyncModeArg::WriteThrough => "write-through",
+            SyncModeArg::Adaptive => "adaptive",
+        }
+    }
+}
 
 /// Synced-append benchmark of the shardmq shard log (append, then sync, in a
 /// loop, per appender task).
@@ -84,10 +112,13 @@ struct Args {
     #[arg(long, default_value = "64M", value_parser = parse_size)]
     prezero_bytes_per_sec: u64,
 
-    /// Write segments through an O_DSYNC handle (each round one durable
-    /// write, no fdatasync), see the storage configuration.
-    #[arg(long)]
-    write_through: bool,
+    /// How sync rounds make appends durable: "pipelined" (a write, then an
+    /// fdatasync, the next round's write during it), "write-through" (one
+    /// O_DSYNC write per round, no fdatasync) or "adaptive" (write-through
+    /// when the log is idle, pipelined when it is busy; the broker's
+    /// default). See the storage configuration.
+    #[arg(long, value_enum, default_value_t = SyncModeArg::Adaptive)]
+    sync_mode: SyncModeArg,
 
     /// Seconds at the start whose operations and counters are excluded.
     #[arg(long, default_value_t = 1.0)]
@@ -266,6 +297,7 @@ struct Results {
     write_calls: u64,
     segments_rolled: u64,
     fdatasync_latency_us: Histogram<u64>,
+    write_latency_us: Histogram<u64>,
 }
 
 async fn bench(args: &Args, dir: PathBuf, payload: Vec<u8>) -> Result<Results, BoxError> {
@@ -273,9 +305,7 @@ async fn bench(args: &Args, dir: PathBuf, payload: Vec<u8>) -> Result<Results, B
     cfg.segment_bytes = args.segment_bytes;
     cfg.write_buffer_bytes = usize::try_from(args.write_buffer_bytes)?;
     cfg.prezero_bytes_per_sec = args.prezero_bytes_per_sec;
-    if args.write_through {
-        cfg.sync_mode = shardmq_storage::SyncMode::WriteThrough;
-    }
+    cfg.sync_mode = args.sync_mode.mode();
     cfg.entry_bytes_max = cfg
         .entry_bytes_max
         .max(payload.len())
@@ -380,8 +410,10 @@ async fn bench(args: &Args, dir: PathBuf, payload: Vec<u8>) -> Result<Results, B
     let stop = run.stats_at_stop.borrow_mut().take().unwrap_or(end);
     let delta = |f: fn(&StatsSnapshot) -> u64| f(&stop) - warm.as_ref().map_or(0, f);
     let mut fdatasync_latency_us = stop.sync_latency_us.clone();
+    let mut write_latency_us = stop.write_latency_us.clone();
     if let Some(w) = &warm {
         fdatasync_latency_us.subtract(&w.sync_latency_us)?;
+        write_latency_us.subtract(&w.write_latency_us)?;
     }
     let latency_us = run.latency_us.borrow().clone();
     let append_us = run.append_us.borrow().clone();
@@ -399,6 +431,7 @@ async fn bench(args: &Args, dir: PathBuf, payload: Vec<u8>) -> Result<Results, B
         write_calls: delta(|s| s.write_calls),
         segments_rolled: delta(|s| s.segments_rolled),
         fdatasync_latency_us,
+        write_latency_us,
     })
 }
 
@@ -418,18 +451,20 @@ fn report(args: &Args, r: &Results) -> Result<(), BoxError> {
     let q = |p: f64| h.value_at_quantile(p);
     let rq = |p: f64| r.fdatasync_latency_us.value_at_quantile(p);
     let aq = |p: f64| r.append_us.value_at_quantile(p);
+    let wq = |p: f64| r.write_latency_us.value_at_quantile(p);
     let fsync_per_round = ratio(r.fdatasync_calls, r.sync_rounds);
     let appends_per_round = ratio(r.appends, r.sync_rounds);
     let lines = [
         format!(
             "config: batch {} B (record {} B), partitions {}, concurrency {}, segment {} B, \
-             write buffer {} B, warm-up {} s",
+             write buffer {} B, sync mode {}, warm-up {} s",
             r.batch_bytes,
             r.record_bytes,
             args.partitions,
             args.concurrency,
             args.segment_bytes,
             args.write_buffer_bytes,
+            args.sync_mode.name(),
             args.warmup_secs
         ),
         format!(
@@ -463,6 +498,13 @@ fn report(args: &Args, r: &Results) -> Result<(), BoxError> {
             rq(0.999),
             r.fdatasync_latency_us.max()
         ),
+        format!(
+            "write latency (us): p50 {} p99 {} p99.9 {} max {}",
+            wq(0.50),
+            wq(0.99),
+            wq(0.999),
+            r.write_latency_us.max()
+        ),
     ];
     for l in &lines {
         if args.json {
@@ -480,7 +522,7 @@ fn report(args: &Args, r: &Results) -> Result<(), BoxError> {
             "segment_bytes": args.segment_bytes,
             "write_buffer_bytes": args.write_buffer_bytes,
             "prezero_bytes_per_sec": args.prezero_bytes_per_sec,
-            "write_through": args.write_through,
+            "sync_mode": args.sync_mode.name(),
             "warmup_secs": args.warmup_secs,
             "elapsed_secs": r.elapsed_s,
             "ops": r.ops,
@@ -514,6 +556,13 @@ fn report(args: &Args, r: &Results) -> Result<(), BoxError> {
                 "p999": rq(0.999),
                 "max": r.fdatasync_latency_us.max(),
                 "mean": r.fdatasync_latency_us.mean(),
+            },
+            "write_latency_us": {
+                "p50": wq(0.50),
+                "p99": wq(0.99),
+                "p999": wq(0.999),
+                "max": r.write_latency_us.max(),
+                "mean": r.write_latency_us.mean(),
             },
         });
         println!("{v}");

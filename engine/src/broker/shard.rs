@@ -626,11 +626,13 @@ async fn housekeeping<S: PartitionService>(
 fn copy_storage_stats<S: PartitionService>(service: &S, metrics: &ShardMetrics) {
     let log = service.log();
     let stats = log.stats();
-    let hist = &stats.sync_latency_us;
-    let sum_us = (hist.mean() * hist.len() as f64) as u64;
-    metrics
-        .fsync_latency
-        .set_from(|bound| hist.count_between(0, bound), hist.len(), sum_us);
+    for (hist, into) in [
+        (&stats.sync_latency_us, &metrics.fsync_latency),
+        (&stats.write_latency_us, &metrics.write_latency),
+    ] {
+        let sum_us = (hist.mean() * hist.len() as f64) as u64;
+        into.set_from(|bound| hist.count_between(0, bound), hist.len(), sum_us);
+    }
     metrics
         .storage_append_bytes
         .store(stats.append_bytes, Ordering::Relaxed);
