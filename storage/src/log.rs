@@ -1911,14 +1911,12 @@ impl Inner {
         let base_offset = self.parts[&id].next_offset;
         // Data entries are stamped in the staging copy: the producer's crc
         // does not cover base offset and leader epoch, so it stays valid.
-        let stamp = match (e.kind, batch_crc) {
-            (EntryKind::Data, Some(crc)) => Some(Stamp {
-                base_offset: base_offset as i64,
-                epoch: e.term as i32,
-                batch_crc: crc,
-            }),
-            _ => None,
-        };
+        // `check_entry` gives a verified crc for data entries only.
+        let stamp = batch_crc.map(|batch_crc| Stamp {
+            base_offset: base_offset as i64,
+            epoch: e.term as i32,
+            batch_crc,
+        });
         let pos = self.encode_record(
             e.kind.record_kind(),
             flags,
@@ -1997,7 +1995,7 @@ impl Inner {
         }
         let body = &mut buf[at + RECORD_HEADER_BYTES..w];
         let payload_crc = match stamp {
-            Some(st) if body.len() >= batch::CRC_COVERED_FROM => {
+            Some(st) => {
                 batch::stamp(body, st.base_offset, st.epoch);
                 // The batch's own crc covers everything from its
                 // attributes on and was verified: extend it over the
@@ -2005,7 +2003,7 @@ impl Inner {
                 let (head, covered) = body.split_at(batch::CRC_COVERED_FROM);
                 crate::crc::combine(crc32c::crc32c(head), st.batch_crc, covered.len())
             }
-            _ => crc32c::crc32c(body),
+            None => crc32c::crc32c(body),
         };
         let header = RecordHeader {
             header_crc: 0,
