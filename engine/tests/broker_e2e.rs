@@ -427,6 +427,7 @@ fn fetch(
                 min_bytes: 1,
                 max_bytes: 0,
                 partitions: Some(items),
+                allow_follower: false,
             },
         )
         .as_union_value()
@@ -841,6 +842,7 @@ fn produce_fetch_across_shards_survives_a_restart_with(service: Service) {
                     min_bytes: 1,
                     max_bytes: 0,
                     partitions: Some(items),
+                    allow_follower: false,
                 },
             )
             .as_union_value()

@@ -10,8 +10,10 @@
 //!   into `src/generated/` by `tools/regen-schema.sh`, committed, and checked
 //!   against the schema by a test; the module adds framing, verification
 //!   limits and helpers. Record batches ride inside it as opaque bytes.
-//! * Later, the FlatBuffers schemas of the internal RPCs and the code
-//!   generated from them live here too, so every wire format has one home.
+//! * [`interbroker`]: the protocol between brokers (Raft messages, the
+//!   connection handshake, forwarded controller commands), frames of the
+//!   same layout whose schema is `fbs/interbroker.fbs`, so every wire
+//!   format has one home.
 //!
 //! It depends on nothing else in the project, so any crate (storage, network,
 //! engine, client SDK, tools) can use it without pulling in the others, and
@@ -31,5 +33,6 @@
 //!   cross-checked against an independent implementation in both directions.
 
 pub mod batch;
+pub mod interbroker;
 pub mod protocol;
 pub mod varint;

@@ -137,8 +137,9 @@ pub enum FrameError {
         /// Bytes after the prefix, as given.
         actual: usize,
     },
-    /// The file identifier is not [`FILE_IDENTIFIER`].
-    #[error("frame identifier is {0:?}, not {FILE_IDENTIFIER:?}")]
+    /// The file identifier is not the one of the frame's protocol
+    /// ([`FILE_IDENTIFIER`] for the client protocol).
+    #[error("unexpected frame identifier {0:?}")]
     BadIdentifier([u8; 4]),
     /// The flatbuffer is malformed or exceeds a limit of [`VERIFIER_OPTIONS`].
     #[error("invalid flatbuffer: {0}")]
@@ -168,16 +169,22 @@ pub fn frame_len(prefix: [u8; FRAME_PREFIX_BYTES]) -> Result<usize, FrameError> 
 /// The request's meaning is not checked: whether `header.api` matches the
 /// body's type ([`Api::request_body_type`]), whether values are in range.
 pub fn verify_request(frame: &[u8]) -> Result<Request<'_>, FrameError> {
-    verify_frame::<Request<'_>>(frame)
+    verify_frame::<Request<'_>>(frame, FILE_IDENTIFIER)
 }
 
 /// Checks a whole response frame, prefix included, like
 /// [`verify_request`].
 pub fn verify_response(frame: &[u8]) -> Result<Response<'_>, FrameError> {
-    verify_frame::<Response<'_>>(frame)
+    verify_frame::<Response<'_>>(frame, FILE_IDENTIFIER)
 }
 
-fn verify_frame<'buf, T>(frame: &'buf [u8]) -> Result<T::Inner, FrameError>
+/// Checks a whole frame of any root type `T` whose file identifier is
+/// `identifier`: its length against the frame limits, its identifier, and
+/// its flatbuffer within [`VERIFIER_OPTIONS`].
+pub(crate) fn verify_frame<'buf, T>(
+    frame: &'buf [u8],
+    identifier: &str,
+) -> Result<T::Inner, FrameError>
 where
     T: 'buf + Follow<'buf> + Verifiable,
 {
@@ -192,11 +199,11 @@ where
         });
     }
     // In bounds: frame_len checked len >= FRAME_MIN_BYTES.
-    let identifier = &frame[FRAME_PREFIX_BYTES + 4..FRAME_MIN_BYTES];
-    if identifier != FILE_IDENTIFIER.as_bytes() {
-        let mut got = [0; 4];
-        got.copy_from_slice(identifier);
-        return Err(FrameError::BadIdentifier(got));
+    let got = &frame[FRAME_PREFIX_BYTES + 4..FRAME_MIN_BYTES];
+    if got != identifier.as_bytes() {
+        let mut bytes = [0; 4];
+        bytes.copy_from_slice(got);
+        return Err(FrameError::BadIdentifier(bytes));
     }
     Ok(flatbuffers::size_prefixed_root_with_opts::<T>(
         &VERIFIER_OPTIONS,
@@ -261,6 +268,9 @@ impl Api {
             Self::Produce => Some(RequestBody::ProduceRequest),
             Self::Fetch => Some(RequestBody::FetchRequest),
             Self::ListOffsets => Some(RequestBody::ListOffsetsRequest),
+            Self::DescribeCluster => Some(RequestBody::DescribeClusterRequest),
+            Self::DescribeReplicas => Some(RequestBody::DescribeReplicasRequest),
+            Self::TransferLeader => Some(RequestBody::TransferLeaderRequest),
             _ => None,
         }
     }
@@ -277,6 +287,9 @@ impl Api {
             Self::Produce => Some(ResponseBody::ProduceResponse),
             Self::Fetch => Some(ResponseBody::FetchResponse),
             Self::ListOffsets => Some(ResponseBody::ListOffsetsResponse),
+            Self::DescribeCluster => Some(ResponseBody::DescribeClusterResponse),
+            Self::DescribeReplicas => Some(ResponseBody::DescribeReplicasResponse),
+            Self::TransferLeader => Some(ResponseBody::TransferLeaderResponse),
             _ => None,
         }
     }

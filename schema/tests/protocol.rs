@@ -333,6 +333,7 @@ fn sample_requests() -> Vec<Vec<u8>> {
                     min_bytes: 1,
                     max_bytes: 4 << 20,
                     partitions: Some(partitions),
+                    allow_follower: false,
                 },
             )
             .as_union_value()
@@ -362,6 +363,33 @@ fn sample_requests() -> Vec<Vec<u8>> {
                 fbb,
                 &ListOffsetsRequestArgs {
                     partitions: Some(partitions),
+                },
+            )
+            .as_union_value()
+        }),
+        request_frame(Api::DescribeCluster, 9, |fbb| {
+            DescribeClusterRequest::create(fbb, &DescribeClusterRequestArgs {}).as_union_value()
+        }),
+        request_frame(Api::DescribeReplicas, 10, |fbb| {
+            let topic = fbb.create_string(TOPIC);
+            let topics = fbb.create_vector(&[topic]);
+            DescribeReplicasRequest::create(
+                fbb,
+                &DescribeReplicasRequestArgs {
+                    topics: Some(topics),
+                },
+            )
+            .as_union_value()
+        }),
+        request_frame(Api::TransferLeader, 11, |fbb| {
+            let topic = fbb.create_string(TOPIC);
+            TransferLeaderRequest::create(
+                fbb,
+                &TransferLeaderRequestArgs {
+                    topic: Some(topic),
+                    partition: 2,
+                    to_node_id: 3,
+                    timeout_ms: 5000,
                 },
             )
             .as_union_value()
@@ -411,6 +439,7 @@ fn sample_responses() -> Vec<Vec<u8>> {
                     node_id: 1,
                     host: Some(host),
                     port: 9100,
+                    ..Default::default()
                 },
             );
             let brokers = fbb.create_vector(&[broker]);
@@ -609,6 +638,79 @@ fn sample_responses() -> Vec<Vec<u8>> {
             )
             .as_union_value()
         }),
+        response_frame(Api::DescribeCluster, 9, |fbb| {
+            let host = fbb.create_string("127.0.0.1");
+            let inter = fbb.create_string("127.0.0.1:19001");
+            let ports = fbb.create_vector(&[9100u16, 9101]);
+            let broker = BrokerDescription::create(
+                fbb,
+                &BrokerDescriptionArgs {
+                    node_id: 1,
+                    host: Some(host),
+                    port: 9100,
+                    shard_ports: Some(ports),
+                    inter_broker_address: Some(inter),
+                    status: BrokerStatus::Failed,
+                    incarnation: 0xfeed,
+                    controller_voter: true,
+                },
+            );
+            let brokers = fbb.create_vector(&[broker]);
+            let cluster = fbb.create_string("cluster-a");
+            DescribeClusterResponse::create(
+                fbb,
+                &DescribeClusterResponseArgs {
+                    cluster_id: Some(cluster),
+                    controller_id: 1,
+                    controller_term: 4,
+                    metadata_version: 17,
+                    brokers: Some(brokers),
+                    answered_by: 2,
+                    ..Default::default()
+                },
+            )
+            .as_union_value()
+        }),
+        response_frame(Api::DescribeReplicas, 10, |fbb| {
+            let topic = fbb.create_string(TOPIC);
+            let replica = ReplicaDescription::create(
+                fbb,
+                &ReplicaDescriptionArgs {
+                    topic: Some(topic),
+                    partition: 1,
+                    shard: 1,
+                    role: ReplicaRole::Leader,
+                    term: 3,
+                    leader_node_id: 2,
+                    last_index: 40,
+                    commit_index: 39,
+                    high_watermark: 120,
+                    log_start_offset: 0,
+                    first_index: 1,
+                    log_end_offset: 121,
+                },
+            );
+            let replicas = fbb.create_vector(&[replica]);
+            DescribeReplicasResponse::create(
+                fbb,
+                &DescribeReplicasResponseArgs {
+                    node_id: 2,
+                    replicas: Some(replicas),
+                    ..Default::default()
+                },
+            )
+            .as_union_value()
+        }),
+        response_frame(Api::TransferLeader, 11, |fbb| {
+            TransferLeaderResponse::create(
+                fbb,
+                &TransferLeaderResponseArgs {
+                    leader_node_id: 3,
+                    ..Default::default()
+                },
+            )
+            .as_union_value()
+        }),
     ]
 }
 
@@ -719,6 +821,16 @@ impl Reader {
                 self.int(item.timestamp_ms());
             }
         }
+        if let Some(body) = request.body_as_describe_replicas_request() {
+            self.strings(body.topics());
+        }
+        if let Some(body) = request.body_as_transfer_leader_request() {
+            self.str(Some(body.topic()));
+            self.int(body.partition());
+            self.int(body.to_node_id());
+            self.int(body.timeout_ms());
+        }
+        self.int(request.body_as_describe_cluster_request().is_some());
         // ApiVersions and ListTopics requests have no fields.
         self.int(request.body_as_api_versions_request().is_some());
         self.int(request.body_as_list_topics_request().is_some());
@@ -819,6 +931,48 @@ impl Reader {
                 self.int(item.timestamp_ms());
                 self.leader_hint(item.leader_hint());
             }
+        }
+        if let Some(body) = response.body_as_describe_cluster_response() {
+            self.error(body.error_code(), body.error_message());
+            self.str(body.cluster_id());
+            self.int(body.controller_id());
+            self.int(body.controller_term() as i64);
+            self.int(body.metadata_version() as i64);
+            self.int(body.answered_by());
+            for broker in body.brokers().into_iter().flatten() {
+                self.int(broker.node_id());
+                self.str(broker.host());
+                self.int(broker.port());
+                for port in broker.shard_ports().into_iter().flatten() {
+                    self.int(port);
+                }
+                self.str(broker.inter_broker_address());
+                self.int(broker.status().0);
+                self.int(broker.incarnation() as i64);
+                self.int(broker.controller_voter());
+            }
+        }
+        if let Some(body) = response.body_as_describe_replicas_response() {
+            self.error(body.error_code(), body.error_message());
+            self.int(body.node_id());
+            for r in body.replicas().into_iter().flatten() {
+                self.str(Some(r.topic()));
+                self.int(r.partition());
+                self.int(r.shard());
+                self.int(r.role().0);
+                self.int(r.term() as i64);
+                self.int(r.leader_node_id());
+                self.int(r.first_index() as i64);
+                self.int(r.last_index() as i64);
+                self.int(r.commit_index() as i64);
+                self.int(r.high_watermark());
+                self.int(r.log_start_offset());
+                self.int(r.log_end_offset());
+            }
+        }
+        if let Some(body) = response.body_as_transfer_leader_response() {
+            self.error(body.error_code(), body.error_message());
+            self.int(body.leader_node_id());
         }
     }
 }
@@ -1306,6 +1460,7 @@ const ERROR_CODES: &[(&str, i16)] = &[
     ("LeaderNotAvailable", 21),
     ("NotEnoughReplicas", 22),
     ("InvalidConfig", 23),
+    ("InvalidBroker", 24),
 ];
 
 #[test]
@@ -1332,6 +1487,9 @@ fn codes_keep_their_wire_values() {
         "Produce",
         "Fetch",
         "ListOffsets",
+        "DescribeCluster",
+        "DescribeReplicas",
+        "TransferLeader",
     ];
     for (value, name) in (0u16..).zip(apis) {
         assert_eq!(Api(value).variant_name(), Some(name), "Api {value}");

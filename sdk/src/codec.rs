@@ -460,6 +460,7 @@ pub fn encode_fetch(
             min_bytes,
             max_bytes,
             partitions: Some(parts),
+            allow_follower: false,
         },
     );
     finish(

@@ -207,6 +207,7 @@ impl<S: PartitionService> BrokerHandler<S> {
                 node_id,
                 host: Some(host),
                 port: ctx.client_port.get(),
+                ..Default::default()
             },
         );
         let brokers = b.create_vector(&[broker]);

@@ -17,13 +17,13 @@ pub mod shardmq {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_ERROR_CODE: i16 = 23;
+        pub const ENUM_MAX_ERROR_CODE: i16 = 24;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 24] = [
+        pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 25] = [
             ErrorCode::None,
             ErrorCode::Unknown,
             ErrorCode::CorruptFrame,
@@ -48,6 +48,7 @@ pub mod shardmq {
             ErrorCode::LeaderNotAvailable,
             ErrorCode::NotEnoughReplicas,
             ErrorCode::InvalidConfig,
+            ErrorCode::InvalidBroker,
         ];
 
         /// Why a request, or one item of it, failed. Values are fixed forever:
@@ -123,9 +124,13 @@ pub mod shardmq {
             pub const NotEnoughReplicas: Self = Self(22);
             /// A topic configuration key is unknown or its value is not valid.
             pub const InvalidConfig: Self = Self(23);
+            /// The named broker is not a member of the cluster, or cannot take the
+            /// role asked of it (for example a leader transfer to a broker that holds
+            /// no replica of the partition).
+            pub const InvalidBroker: Self = Self(24);
 
             pub const ENUM_MIN: i16 = 0;
-            pub const ENUM_MAX: i16 = 23;
+            pub const ENUM_MAX: i16 = 24;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::None,
                 Self::Unknown,
@@ -151,6 +156,7 @@ pub mod shardmq {
                 Self::LeaderNotAvailable,
                 Self::NotEnoughReplicas,
                 Self::InvalidConfig,
+                Self::InvalidBroker,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -179,6 +185,7 @@ pub mod shardmq {
                     Self::LeaderNotAvailable => Some("LeaderNotAvailable"),
                     Self::NotEnoughReplicas => Some("NotEnoughReplicas"),
                     Self::InvalidConfig => Some("InvalidConfig"),
+                    Self::InvalidBroker => Some("InvalidBroker"),
                     _ => None,
                 }
             }
@@ -243,13 +250,13 @@ pub mod shardmq {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_API: u16 = 7;
+        pub const ENUM_MAX_API: u16 = 10;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_API: [Api; 8] = [
+        pub const ENUM_VALUES_API: [Api; 11] = [
             Api::ApiVersions,
             Api::Metadata,
             Api::CreateTopics,
@@ -258,6 +265,9 @@ pub mod shardmq {
             Api::Produce,
             Api::Fetch,
             Api::ListOffsets,
+            Api::DescribeCluster,
+            Api::DescribeReplicas,
+            Api::TransferLeader,
         ];
 
         /// The operations of the protocol. Values are fixed forever: never
@@ -285,9 +295,15 @@ pub mod shardmq {
             pub const Fetch: Self = Self(6);
             /// Looks up offsets by position or timestamp.
             pub const ListOffsets: Self = Self(7);
+            /// The cluster's brokers, their status and the controller.
+            pub const DescribeCluster: Self = Self(8);
+            /// The state of the replicas the answering broker holds.
+            pub const DescribeReplicas: Self = Self(9);
+            /// Moves a partition's leadership to another replica.
+            pub const TransferLeader: Self = Self(10);
 
             pub const ENUM_MIN: u16 = 0;
-            pub const ENUM_MAX: u16 = 7;
+            pub const ENUM_MAX: u16 = 10;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::ApiVersions,
                 Self::Metadata,
@@ -297,6 +313,9 @@ pub mod shardmq {
                 Self::Produce,
                 Self::Fetch,
                 Self::ListOffsets,
+                Self::DescribeCluster,
+                Self::DescribeReplicas,
+                Self::TransferLeader,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -309,6 +328,9 @@ pub mod shardmq {
                     Self::Produce => Some("Produce"),
                     Self::Fetch => Some("Fetch"),
                     Self::ListOffsets => Some("ListOffsets"),
+                    Self::DescribeCluster => Some("DescribeCluster"),
+                    Self::DescribeReplicas => Some("DescribeReplicas"),
+                    Self::TransferLeader => Some("TransferLeader"),
                     _ => None,
                 }
             }
@@ -568,13 +590,13 @@ pub mod shardmq {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_REQUEST_BODY: u8 = 8;
+        pub const ENUM_MAX_REQUEST_BODY: u8 = 11;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 9] = [
+        pub const ENUM_VALUES_REQUEST_BODY: [RequestBody; 12] = [
             RequestBody::NONE,
             RequestBody::ApiVersionsRequest,
             RequestBody::MetadataRequest,
@@ -584,6 +606,9 @@ pub mod shardmq {
             RequestBody::ProduceRequest,
             RequestBody::FetchRequest,
             RequestBody::ListOffsetsRequest,
+            RequestBody::DescribeClusterRequest,
+            RequestBody::DescribeReplicasRequest,
+            RequestBody::TransferLeaderRequest,
         ];
 
         /// The body of a request: one member per api, in the order of `Api`.
@@ -601,9 +626,12 @@ pub mod shardmq {
             pub const ProduceRequest: Self = Self(6);
             pub const FetchRequest: Self = Self(7);
             pub const ListOffsetsRequest: Self = Self(8);
+            pub const DescribeClusterRequest: Self = Self(9);
+            pub const DescribeReplicasRequest: Self = Self(10);
+            pub const TransferLeaderRequest: Self = Self(11);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 8;
+            pub const ENUM_MAX: u8 = 11;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::ApiVersionsRequest,
@@ -614,6 +642,9 @@ pub mod shardmq {
                 Self::ProduceRequest,
                 Self::FetchRequest,
                 Self::ListOffsetsRequest,
+                Self::DescribeClusterRequest,
+                Self::DescribeReplicasRequest,
+                Self::TransferLeaderRequest,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -627,6 +658,9 @@ pub mod shardmq {
                     Self::ProduceRequest => Some("ProduceRequest"),
                     Self::FetchRequest => Some("FetchRequest"),
                     Self::ListOffsetsRequest => Some("ListOffsetsRequest"),
+                    Self::DescribeClusterRequest => Some("DescribeClusterRequest"),
+                    Self::DescribeReplicasRequest => Some("DescribeReplicasRequest"),
+                    Self::TransferLeaderRequest => Some("TransferLeaderRequest"),
                     _ => None,
                 }
             }
@@ -693,13 +727,13 @@ pub mod shardmq {
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
-        pub const ENUM_MAX_RESPONSE_BODY: u8 = 8;
+        pub const ENUM_MAX_RESPONSE_BODY: u8 = 11;
         #[deprecated(
             since = "2.0.0",
             note = "Use associated constants instead. This will no longer be generated in 2021."
         )]
         #[allow(non_camel_case_types)]
-        pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 9] = [
+        pub const ENUM_VALUES_RESPONSE_BODY: [ResponseBody; 12] = [
             ResponseBody::NONE,
             ResponseBody::ApiVersionsResponse,
             ResponseBody::MetadataResponse,
@@ -709,6 +743,9 @@ pub mod shardmq {
             ResponseBody::ProduceResponse,
             ResponseBody::FetchResponse,
             ResponseBody::ListOffsetsResponse,
+            ResponseBody::DescribeClusterResponse,
+            ResponseBody::DescribeReplicasResponse,
+            ResponseBody::TransferLeaderResponse,
         ];
 
         /// The body of a response: one member per api, in the order of `Api`.
@@ -726,9 +763,12 @@ pub mod shardmq {
             pub const ProduceResponse: Self = Self(6);
             pub const FetchResponse: Self = Self(7);
             pub const ListOffsetsResponse: Self = Self(8);
+            pub const DescribeClusterResponse: Self = Self(9);
+            pub const DescribeReplicasResponse: Self = Self(10);
+            pub const TransferLeaderResponse: Self = Self(11);
 
             pub const ENUM_MIN: u8 = 0;
-            pub const ENUM_MAX: u8 = 8;
+            pub const ENUM_MAX: u8 = 11;
             pub const ENUM_VALUES: &'static [Self] = &[
                 Self::NONE,
                 Self::ApiVersionsResponse,
@@ -739,6 +779,9 @@ pub mod shardmq {
                 Self::ProduceResponse,
                 Self::FetchResponse,
                 Self::ListOffsetsResponse,
+                Self::DescribeClusterResponse,
+                Self::DescribeReplicasResponse,
+                Self::TransferLeaderResponse,
             ];
             /// Returns the variant's name or "" if unknown.
             pub fn variant_name(self) -> Option<&'static str> {
@@ -752,6 +795,9 @@ pub mod shardmq {
                     Self::ProduceResponse => Some("ProduceResponse"),
                     Self::FetchResponse => Some("FetchResponse"),
                     Self::ListOffsetsResponse => Some("ListOffsetsResponse"),
+                    Self::DescribeClusterResponse => Some("DescribeClusterResponse"),
+                    Self::DescribeReplicasResponse => Some("DescribeReplicasResponse"),
+                    Self::TransferLeaderResponse => Some("TransferLeaderResponse"),
                     _ => None,
                 }
             }
@@ -809,6 +855,202 @@ pub mod shardmq {
         impl ::flatbuffers::SimpleToVerifyInSlice for ResponseBody {}
         pub struct ResponseBodyUnionTableOffset {}
 
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MIN_BROKER_STATUS: i8 = 0;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MAX_BROKER_STATUS: i8 = 1;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        #[allow(non_camel_case_types)]
+        pub const ENUM_VALUES_BROKER_STATUS: [BrokerStatus; 2] =
+            [BrokerStatus::Active, BrokerStatus::Failed];
+
+        /// A broker's state as the controller records it.
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[repr(transparent)]
+        pub struct BrokerStatus(pub i8);
+        #[allow(non_upper_case_globals)]
+        impl BrokerStatus {
+            /// Registered and heard from recently.
+            pub const Active: Self = Self(0);
+            /// Not heard from within the session timeout; its partitions' leadership
+            /// moves to other replicas.
+            pub const Failed: Self = Self(1);
+
+            pub const ENUM_MIN: i8 = 0;
+            pub const ENUM_MAX: i8 = 1;
+            pub const ENUM_VALUES: &'static [Self] = &[Self::Active, Self::Failed];
+            /// Returns the variant's name or "" if unknown.
+            pub fn variant_name(self) -> Option<&'static str> {
+                match self {
+                    Self::Active => Some("Active"),
+                    Self::Failed => Some("Failed"),
+                    _ => None,
+                }
+            }
+        }
+        impl ::core::fmt::Debug for BrokerStatus {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+                if let Some(name) = self.variant_name() {
+                    f.write_str(name)
+                } else {
+                    f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+                }
+            }
+        }
+        impl<'a> ::flatbuffers::Follow<'a> for BrokerStatus {
+            type Inner = Self;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                let b = unsafe { ::flatbuffers::read_scalar_at::<i8>(buf, loc) };
+                Self(b)
+            }
+        }
+
+        impl ::flatbuffers::Push for BrokerStatus {
+            type Output = BrokerStatus;
+            #[inline]
+            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+                unsafe { ::flatbuffers::emplace_scalar::<i8>(dst, self.0) };
+            }
+        }
+
+        impl ::flatbuffers::EndianScalar for BrokerStatus {
+            type Scalar = i8;
+            #[inline]
+            fn to_little_endian(self) -> i8 {
+                self.0.to_le()
+            }
+            #[inline]
+            #[allow(clippy::wrong_self_convention)]
+            fn from_little_endian(v: i8) -> Self {
+                let b = i8::from_le(v);
+                Self(b)
+            }
+        }
+
+        impl<'a> ::flatbuffers::Verifiable for BrokerStatus {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                i8::run_verifier(v, pos)
+            }
+        }
+
+        impl ::flatbuffers::SimpleToVerifyInSlice for BrokerStatus {}
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MIN_REPLICA_ROLE: i8 = 0;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        pub const ENUM_MAX_REPLICA_ROLE: i8 = 3;
+        #[deprecated(
+            since = "2.0.0",
+            note = "Use associated constants instead. This will no longer be generated in 2021."
+        )]
+        #[allow(non_camel_case_types)]
+        pub const ENUM_VALUES_REPLICA_ROLE: [ReplicaRole; 4] = [
+            ReplicaRole::Follower,
+            ReplicaRole::Candidate,
+            ReplicaRole::Leader,
+            ReplicaRole::PreCandidate,
+        ];
+
+        /// Raft role of a replica.
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+        #[repr(transparent)]
+        pub struct ReplicaRole(pub i8);
+        #[allow(non_upper_case_globals)]
+        impl ReplicaRole {
+            pub const Follower: Self = Self(0);
+            pub const Candidate: Self = Self(1);
+            pub const Leader: Self = Self(2);
+            pub const PreCandidate: Self = Self(3);
+
+            pub const ENUM_MIN: i8 = 0;
+            pub const ENUM_MAX: i8 = 3;
+            pub const ENUM_VALUES: &'static [Self] = &[
+                Self::Follower,
+                Self::Candidate,
+                Self::Leader,
+                Self::PreCandidate,
+            ];
+            /// Returns the variant's name or "" if unknown.
+            pub fn variant_name(self) -> Option<&'static str> {
+                match self {
+                    Self::Follower => Some("Follower"),
+                    Self::Candidate => Some("Candidate"),
+                    Self::Leader => Some("Leader"),
+                    Self::PreCandidate => Some("PreCandidate"),
+                    _ => None,
+                }
+            }
+        }
+        impl ::core::fmt::Debug for ReplicaRole {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+                if let Some(name) = self.variant_name() {
+                    f.write_str(name)
+                } else {
+                    f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+                }
+            }
+        }
+        impl<'a> ::flatbuffers::Follow<'a> for ReplicaRole {
+            type Inner = Self;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                let b = unsafe { ::flatbuffers::read_scalar_at::<i8>(buf, loc) };
+                Self(b)
+            }
+        }
+
+        impl ::flatbuffers::Push for ReplicaRole {
+            type Output = ReplicaRole;
+            #[inline]
+            unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+                unsafe { ::flatbuffers::emplace_scalar::<i8>(dst, self.0) };
+            }
+        }
+
+        impl ::flatbuffers::EndianScalar for ReplicaRole {
+            type Scalar = i8;
+            #[inline]
+            fn to_little_endian(self) -> i8 {
+                self.0.to_le()
+            }
+            #[inline]
+            #[allow(clippy::wrong_self_convention)]
+            fn from_little_endian(v: i8) -> Self {
+                let b = i8::from_le(v);
+                Self(b)
+            }
+        }
+
+        impl<'a> ::flatbuffers::Verifiable for ReplicaRole {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                i8::run_verifier(v, pos)
+            }
+        }
+
+        impl ::flatbuffers::SimpleToVerifyInSlice for ReplicaRole {}
         /// The versions of one api a broker supports, both ends included.
         // struct ApiVersionRange, aligned to 2
         #[repr(transparent)]
@@ -1380,6 +1622,51 @@ pub mod shardmq {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_describe_cluster_request(&self) -> Option<DescribeClusterRequest<'a>> {
+                if self.body_type() == RequestBody::DescribeClusterRequest {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { DescribeClusterRequest::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_describe_replicas_request(&self) -> Option<DescribeReplicasRequest<'a>> {
+                if self.body_type() == RequestBody::DescribeReplicasRequest {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { DescribeReplicasRequest::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_transfer_leader_request(&self) -> Option<TransferLeaderRequest<'a>> {
+                if self.body_type() == RequestBody::TransferLeaderRequest {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { TransferLeaderRequest::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Request<'_> {
@@ -1400,6 +1687,9 @@ pub mod shardmq {
           RequestBody::ProduceRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ProduceRequest>>("RequestBody::ProduceRequest", pos),
           RequestBody::FetchRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<FetchRequest>>("RequestBody::FetchRequest", pos),
           RequestBody::ListOffsetsRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ListOffsetsRequest>>("RequestBody::ListOffsetsRequest", pos),
+          RequestBody::DescribeClusterRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeClusterRequest>>("RequestBody::DescribeClusterRequest", pos),
+          RequestBody::DescribeReplicasRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeReplicasRequest>>("RequestBody::DescribeReplicasRequest", pos),
+          RequestBody::TransferLeaderRequest => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TransferLeaderRequest>>("RequestBody::TransferLeaderRequest", pos),
           _ => Ok(()),
         }
      })?
@@ -1548,6 +1838,36 @@ pub mod shardmq {
                     }
                     RequestBody::ListOffsetsRequest => {
                         if let Some(x) = self.body_as_list_offsets_request() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    RequestBody::DescribeClusterRequest => {
+                        if let Some(x) = self.body_as_describe_cluster_request() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    RequestBody::DescribeReplicasRequest => {
+                        if let Some(x) = self.body_as_describe_replicas_request() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    RequestBody::TransferLeaderRequest => {
+                        if let Some(x) = self.body_as_transfer_leader_request() {
                             ds.field("body", &x)
                         } else {
                             ds.field(
@@ -1993,6 +2313,53 @@ pub mod shardmq {
                     None
                 }
             }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_describe_cluster_response(&self) -> Option<DescribeClusterResponse<'a>> {
+                if self.body_type() == ResponseBody::DescribeClusterResponse {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { DescribeClusterResponse::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_describe_replicas_response(
+                &self,
+            ) -> Option<DescribeReplicasResponse<'a>> {
+                if self.body_type() == ResponseBody::DescribeReplicasResponse {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { DescribeReplicasResponse::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
+
+            #[inline]
+            #[allow(non_snake_case)]
+            pub fn body_as_transfer_leader_response(&self) -> Option<TransferLeaderResponse<'a>> {
+                if self.body_type() == ResponseBody::TransferLeaderResponse {
+                    self.body().map(|t| {
+                        // Safety:
+                        // Created from a valid Table for this object
+                        // Which contains a valid union in this slot
+                        unsafe { TransferLeaderResponse::init_from_table(t) }
+                    })
+                } else {
+                    None
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for Response<'_> {
@@ -2013,6 +2380,9 @@ pub mod shardmq {
           ResponseBody::ProduceResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ProduceResponse>>("ResponseBody::ProduceResponse", pos),
           ResponseBody::FetchResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<FetchResponse>>("ResponseBody::FetchResponse", pos),
           ResponseBody::ListOffsetsResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<ListOffsetsResponse>>("ResponseBody::ListOffsetsResponse", pos),
+          ResponseBody::DescribeClusterResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeClusterResponse>>("ResponseBody::DescribeClusterResponse", pos),
+          ResponseBody::DescribeReplicasResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<DescribeReplicasResponse>>("ResponseBody::DescribeReplicasResponse", pos),
+          ResponseBody::TransferLeaderResponse => v.verify_union_variant::<::flatbuffers::ForwardsUOffset<TransferLeaderResponse>>("ResponseBody::TransferLeaderResponse", pos),
           _ => Ok(()),
         }
      })?
@@ -2182,6 +2552,36 @@ pub mod shardmq {
                     }
                     ResponseBody::ListOffsetsResponse => {
                         if let Some(x) = self.body_as_list_offsets_response() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    ResponseBody::DescribeClusterResponse => {
+                        if let Some(x) = self.body_as_describe_cluster_response() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    ResponseBody::DescribeReplicasResponse => {
+                        if let Some(x) = self.body_as_describe_replicas_response() {
+                            ds.field("body", &x)
+                        } else {
+                            ds.field(
+                                "body",
+                                &"InvalidFlatbuffer: Union discriminant does not match value.",
+                            )
+                        }
+                    }
+                    ResponseBody::TransferLeaderResponse => {
+                        if let Some(x) = self.body_as_transfer_leader_response() {
                             ds.field("body", &x)
                         } else {
                             ds.field(
@@ -2816,6 +3216,8 @@ pub mod shardmq {
             pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
             pub const VT_HOST: ::flatbuffers::VOffsetT = 6;
             pub const VT_PORT: ::flatbuffers::VOffsetT = 8;
+            pub const VT_STATUS: ::flatbuffers::VOffsetT = 10;
+            pub const VT_SHARD_PORTS: ::flatbuffers::VOffsetT = 12;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2832,11 +3234,15 @@ pub mod shardmq {
                 args: &'args BrokerMetadataArgs<'args>,
             ) -> ::flatbuffers::WIPOffset<BrokerMetadata<'bldr>> {
                 let mut builder = BrokerMetadataBuilder::new(_fbb);
+                if let Some(x) = args.shard_ports {
+                    builder.add_shard_ports(x);
+                }
                 if let Some(x) = args.host {
                     builder.add_host(x);
                 }
                 builder.add_node_id(args.node_id);
                 builder.add_port(args.port);
+                builder.add_status(args.status);
                 builder.finish()
             }
 
@@ -2876,6 +3282,32 @@ pub mod shardmq {
                         .unwrap()
                 }
             }
+            /// Whether the controller considers the broker alive.
+            #[inline]
+            pub fn status(&self) -> BrokerStatus {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<BrokerStatus>(BrokerMetadata::VT_STATUS, Some(BrokerStatus::Active))
+                        .unwrap()
+                }
+            }
+            /// The client port of each of the broker's shards, by shard index.
+            #[inline]
+            pub fn shard_ports(&self) -> Option<::flatbuffers::Vector<'a, u16>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u16>>>(
+                            BrokerMetadata::VT_SHARD_PORTS,
+                            None,
+                        )
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for BrokerMetadata<'_> {
@@ -2892,6 +3324,12 @@ pub mod shardmq {
                         false,
                     )?
                     .visit_field::<u16>("port", Self::VT_PORT, false)?
+                    .visit_field::<BrokerStatus>("status", Self::VT_STATUS, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u16>>>(
+                        "shard_ports",
+                        Self::VT_SHARD_PORTS,
+                        false,
+                    )?
                     .finish();
                 Ok(())
             }
@@ -2900,6 +3338,8 @@ pub mod shardmq {
             pub node_id: i32,
             pub host: Option<::flatbuffers::WIPOffset<&'a str>>,
             pub port: u16,
+            pub status: BrokerStatus,
+            pub shard_ports: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u16>>>,
         }
         impl<'a> Default for BrokerMetadataArgs<'a> {
             #[inline]
@@ -2908,6 +3348,8 @@ pub mod shardmq {
                     node_id: 0,
                     host: None,
                     port: 0,
+                    status: BrokerStatus::Active,
+                    shard_ports: None,
                 }
             }
         }
@@ -2932,6 +3374,24 @@ pub mod shardmq {
                 self.fbb_.push_slot::<u16>(BrokerMetadata::VT_PORT, port, 0);
             }
             #[inline]
+            pub fn add_status(&mut self, status: BrokerStatus) {
+                self.fbb_.push_slot::<BrokerStatus>(
+                    BrokerMetadata::VT_STATUS,
+                    status,
+                    BrokerStatus::Active,
+                );
+            }
+            #[inline]
+            pub fn add_shard_ports(
+                &mut self,
+                shard_ports: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u16>>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    BrokerMetadata::VT_SHARD_PORTS,
+                    shard_ports,
+                );
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> BrokerMetadataBuilder<'a, 'b, A> {
@@ -2954,6 +3414,166 @@ pub mod shardmq {
                 ds.field("node_id", &self.node_id());
                 ds.field("host", &self.host());
                 ds.field("port", &self.port());
+                ds.field("status", &self.status());
+                ds.field("shard_ports", &self.shard_ports());
+                ds.finish()
+            }
+        }
+        pub enum ReplicaMetadataOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// One replica of a partition: the broker and the shard that hold it.
+        pub struct ReplicaMetadata<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for ReplicaMetadata<'a> {
+            type Inner = ReplicaMetadata<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> ReplicaMetadata<'a> {
+            pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_SHARD: ::flatbuffers::VOffsetT = 6;
+            pub const VT_SHARD_PORT: ::flatbuffers::VOffsetT = 8;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                ReplicaMetadata { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args ReplicaMetadataArgs,
+            ) -> ::flatbuffers::WIPOffset<ReplicaMetadata<'bldr>> {
+                let mut builder = ReplicaMetadataBuilder::new(_fbb);
+                builder.add_node_id(args.node_id);
+                builder.add_shard_port(args.shard_port);
+                builder.add_shard(args.shard);
+                builder.finish()
+            }
+
+            /// Node id of the broker.
+            #[inline]
+            pub fn node_id(&self) -> i32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i32>(ReplicaMetadata::VT_NODE_ID, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Index of the shard (core) of that broker that owns the replica.
+            #[inline]
+            pub fn shard(&self) -> u16 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u16>(ReplicaMetadata::VT_SHARD, Some(0))
+                        .unwrap()
+                }
+            }
+            /// TCP port on which that shard accepts clients.
+            #[inline]
+            pub fn shard_port(&self) -> u16 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u16>(ReplicaMetadata::VT_SHARD_PORT, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for ReplicaMetadata<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<i32>("node_id", Self::VT_NODE_ID, false)?
+                    .visit_field::<u16>("shard", Self::VT_SHARD, false)?
+                    .visit_field::<u16>("shard_port", Self::VT_SHARD_PORT, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ReplicaMetadataArgs {
+            pub node_id: i32,
+            pub shard: u16,
+            pub shard_port: u16,
+        }
+        impl<'a> Default for ReplicaMetadataArgs {
+            #[inline]
+            fn default() -> Self {
+                ReplicaMetadataArgs {
+                    node_id: 0,
+                    shard: 0,
+                    shard_port: 0,
+                }
+            }
+        }
+
+        pub struct ReplicaMetadataBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaMetadataBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_node_id(&mut self, node_id: i32) {
+                self.fbb_
+                    .push_slot::<i32>(ReplicaMetadata::VT_NODE_ID, node_id, 0);
+            }
+            #[inline]
+            pub fn add_shard(&mut self, shard: u16) {
+                self.fbb_
+                    .push_slot::<u16>(ReplicaMetadata::VT_SHARD, shard, 0);
+            }
+            #[inline]
+            pub fn add_shard_port(&mut self, shard_port: u16) {
+                self.fbb_
+                    .push_slot::<u16>(ReplicaMetadata::VT_SHARD_PORT, shard_port, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> ReplicaMetadataBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                ReplicaMetadataBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<ReplicaMetadata<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for ReplicaMetadata<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("ReplicaMetadata");
+                ds.field("node_id", &self.node_id());
+                ds.field("shard", &self.shard());
+                ds.field("shard_port", &self.shard_port());
                 ds.finish()
             }
         }
@@ -2984,6 +3604,7 @@ pub mod shardmq {
             pub const VT_SHARD_PORT: ::flatbuffers::VOffsetT = 14;
             pub const VT_REPLICA_NODE_IDS: ::flatbuffers::VOffsetT = 16;
             pub const VT_LEADER_EPOCH: ::flatbuffers::VOffsetT = 18;
+            pub const VT_REPLICAS: ::flatbuffers::VOffsetT = 20;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3001,6 +3622,9 @@ pub mod shardmq {
             ) -> ::flatbuffers::WIPOffset<PartitionMetadata<'bldr>> {
                 let mut builder = PartitionMetadataBuilder::new(_fbb);
                 builder.add_leader_epoch(args.leader_epoch);
+                if let Some(x) = args.replicas {
+                    builder.add_replicas(x);
+                }
                 if let Some(x) = args.replica_node_ids {
                     builder.add_replica_node_ids(x);
                 }
@@ -3118,6 +3742,24 @@ pub mod shardmq {
                         .unwrap()
                 }
             }
+            /// Every replica with its shard and port, in `replica_node_ids` order
+            /// (the first is the preferred leader); a consumer reading from a
+            /// follower sends its fetches there.
+            #[inline]
+            pub fn replicas(
+                &self,
+            ) -> Option<
+                ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaMetadata<'a>>>,
+            > {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaMetadata>>,
+                    >>(PartitionMetadata::VT_REPLICAS, None)
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for PartitionMetadata<'_> {
@@ -3143,6 +3785,9 @@ pub mod shardmq {
                         false,
                     )?
                     .visit_field::<i64>("leader_epoch", Self::VT_LEADER_EPOCH, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ReplicaMetadata>>,
+                    >>("replicas", Self::VT_REPLICAS, false)?
                     .finish();
                 Ok(())
             }
@@ -3156,6 +3801,11 @@ pub mod shardmq {
             pub shard_port: u16,
             pub replica_node_ids: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, i32>>>,
             pub leader_epoch: i64,
+            pub replicas: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaMetadata<'a>>>,
+                >,
+            >,
         }
         impl<'a> Default for PartitionMetadataArgs<'a> {
             #[inline]
@@ -3169,6 +3819,7 @@ pub mod shardmq {
                     shard_port: 0,
                     replica_node_ids: None,
                     leader_epoch: 0,
+                    replicas: None,
                 }
             }
         }
@@ -3232,6 +3883,18 @@ pub mod shardmq {
                     .push_slot::<i64>(PartitionMetadata::VT_LEADER_EPOCH, leader_epoch, 0);
             }
             #[inline]
+            pub fn add_replicas(
+                &mut self,
+                replicas: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<ReplicaMetadata<'b>>>,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    PartitionMetadata::VT_REPLICAS,
+                    replicas,
+                );
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> PartitionMetadataBuilder<'a, 'b, A> {
@@ -3259,6 +3922,7 @@ pub mod shardmq {
                 ds.field("shard_port", &self.shard_port());
                 ds.field("replica_node_ids", &self.replica_node_ids());
                 ds.field("leader_epoch", &self.leader_epoch());
+                ds.field("replicas", &self.replicas());
                 ds.finish()
             }
         }
@@ -3516,6 +4180,8 @@ pub mod shardmq {
             pub const VT_ERROR_MESSAGE: ::flatbuffers::VOffsetT = 6;
             pub const VT_BROKERS: ::flatbuffers::VOffsetT = 8;
             pub const VT_TOPICS: ::flatbuffers::VOffsetT = 10;
+            pub const VT_CONTROLLER_ID: ::flatbuffers::VOffsetT = 12;
+            pub const VT_CLUSTER_ID: ::flatbuffers::VOffsetT = 14;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -3532,6 +4198,10 @@ pub mod shardmq {
                 args: &'args MetadataResponseArgs<'args>,
             ) -> ::flatbuffers::WIPOffset<MetadataResponse<'bldr>> {
                 let mut builder = MetadataResponseBuilder::new(_fbb);
+                if let Some(x) = args.cluster_id {
+                    builder.add_cluster_id(x);
+                }
+                builder.add_controller_id(args.controller_id);
                 if let Some(x) = args.topics {
                     builder.add_topics(x);
                 }
@@ -3570,7 +4240,7 @@ pub mod shardmq {
                     )
                 }
             }
-            /// Every live broker of the cluster.
+            /// Every broker registered in the cluster (see `BrokerMetadata.status`).
             #[inline]
             pub fn brokers(
                 &self,
@@ -3601,6 +4271,31 @@ pub mod shardmq {
                     >>(MetadataResponse::VT_TOPICS, None)
                 }
             }
+            /// Node id of the controller's leader, -1 when none is known.
+            #[inline]
+            pub fn controller_id(&self) -> i32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i32>(MetadataResponse::VT_CONTROLLER_ID, Some(-1))
+                        .unwrap()
+                }
+            }
+            /// The cluster's id.
+            #[inline]
+            pub fn cluster_id(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        MetadataResponse::VT_CLUSTER_ID,
+                        None,
+                    )
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for MetadataResponse<'_> {
@@ -3622,6 +4317,12 @@ pub mod shardmq {
                     .visit_field::<::flatbuffers::ForwardsUOffset<
                         ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<TopicMetadata>>,
                     >>("topics", Self::VT_TOPICS, false)?
+                    .visit_field::<i32>("controller_id", Self::VT_CONTROLLER_ID, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "cluster_id",
+                        Self::VT_CLUSTER_ID,
+                        false,
+                    )?
                     .finish();
                 Ok(())
             }
@@ -3639,6 +4340,8 @@ pub mod shardmq {
                     ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<TopicMetadata<'a>>>,
                 >,
             >,
+            pub controller_id: i32,
+            pub cluster_id: Option<::flatbuffers::WIPOffset<&'a str>>,
         }
         impl<'a> Default for MetadataResponseArgs<'a> {
             #[inline]
@@ -3648,6 +4351,8 @@ pub mod shardmq {
                     error_message: None,
                     brokers: None,
                     topics: None,
+                    controller_id: -1,
+                    cluster_id: None,
                 }
             }
         }
@@ -3697,6 +4402,18 @@ pub mod shardmq {
                 );
             }
             #[inline]
+            pub fn add_controller_id(&mut self, controller_id: i32) {
+                self.fbb_
+                    .push_slot::<i32>(MetadataResponse::VT_CONTROLLER_ID, controller_id, -1);
+            }
+            #[inline]
+            pub fn add_cluster_id(&mut self, cluster_id: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    MetadataResponse::VT_CLUSTER_ID,
+                    cluster_id,
+                );
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> MetadataResponseBuilder<'a, 'b, A> {
@@ -3720,6 +4437,8 @@ pub mod shardmq {
                 ds.field("error_message", &self.error_message());
                 ds.field("brokers", &self.brokers());
                 ds.field("topics", &self.topics());
+                ds.field("controller_id", &self.controller_id());
+                ds.field("cluster_id", &self.cluster_id());
                 ds.finish()
             }
         }
@@ -6736,6 +7455,7 @@ pub mod shardmq {
             pub const VT_MIN_BYTES: ::flatbuffers::VOffsetT = 6;
             pub const VT_MAX_BYTES: ::flatbuffers::VOffsetT = 8;
             pub const VT_PARTITIONS: ::flatbuffers::VOffsetT = 10;
+            pub const VT_ALLOW_FOLLOWER: ::flatbuffers::VOffsetT = 12;
 
             #[inline]
             pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -6758,6 +7478,7 @@ pub mod shardmq {
                 builder.add_max_bytes(args.max_bytes);
                 builder.add_min_bytes(args.min_bytes);
                 builder.add_max_wait_ms(args.max_wait_ms);
+                builder.add_allow_follower(args.allow_follower);
                 builder.finish()
             }
 
@@ -6816,6 +7537,20 @@ pub mod shardmq {
                     >>(FetchRequest::VT_PARTITIONS, None)
                 }
             }
+            /// Read from this broker's replica even when it is a follower, up to the
+            /// commit index it knows (which may trail the leader's). False: only the
+            /// leader answers, others answer NotLeader.
+            #[inline]
+            pub fn allow_follower(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(FetchRequest::VT_ALLOW_FOLLOWER, Some(false))
+                        .unwrap()
+                }
+            }
         }
 
         impl ::flatbuffers::Verifiable for FetchRequest<'_> {
@@ -6831,6 +7566,7 @@ pub mod shardmq {
                     .visit_field::<::flatbuffers::ForwardsUOffset<
                         ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<FetchPartition>>,
                     >>("partitions", Self::VT_PARTITIONS, false)?
+                    .visit_field::<bool>("allow_follower", Self::VT_ALLOW_FOLLOWER, false)?
                     .finish();
                 Ok(())
             }
@@ -6844,6 +7580,7 @@ pub mod shardmq {
                     ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<FetchPartition<'a>>>,
                 >,
             >,
+            pub allow_follower: bool,
         }
         impl<'a> Default for FetchRequestArgs<'a> {
             #[inline]
@@ -6853,6 +7590,7 @@ pub mod shardmq {
                     min_bytes: 0,
                     max_bytes: 0,
                     partitions: None,
+                    allow_follower: false,
                 }
             }
         }
@@ -6890,6 +7628,11 @@ pub mod shardmq {
                 );
             }
             #[inline]
+            pub fn add_allow_follower(&mut self, allow_follower: bool) {
+                self.fbb_
+                    .push_slot::<bool>(FetchRequest::VT_ALLOW_FOLLOWER, allow_follower, false);
+            }
+            #[inline]
             pub fn new(
                 _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
             ) -> FetchRequestBuilder<'a, 'b, A> {
@@ -6913,6 +7656,7 @@ pub mod shardmq {
                 ds.field("min_bytes", &self.min_bytes());
                 ds.field("max_bytes", &self.max_bytes());
                 ds.field("partitions", &self.partitions());
+                ds.field("allow_follower", &self.allow_follower());
                 ds.finish()
             }
         }
@@ -8298,6 +9042,1869 @@ pub mod shardmq {
                 ds.field("error_code", &self.error_code());
                 ds.field("error_message", &self.error_message());
                 ds.field("partitions", &self.partitions());
+                ds.finish()
+            }
+        }
+        pub enum DescribeClusterRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// Asks for the cluster's brokers and its controller.
+        pub struct DescribeClusterRequest<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for DescribeClusterRequest<'a> {
+            type Inner = DescribeClusterRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> DescribeClusterRequest<'a> {
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                DescribeClusterRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                _args: &'args DescribeClusterRequestArgs,
+            ) -> ::flatbuffers::WIPOffset<DescribeClusterRequest<'bldr>> {
+                let mut builder = DescribeClusterRequestBuilder::new(_fbb);
+                builder.finish()
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for DescribeClusterRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?.finish();
+                Ok(())
+            }
+        }
+        pub struct DescribeClusterRequestArgs {}
+        impl<'a> Default for DescribeClusterRequestArgs {
+            #[inline]
+            fn default() -> Self {
+                DescribeClusterRequestArgs {}
+            }
+        }
+
+        pub struct DescribeClusterRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DescribeClusterRequestBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> DescribeClusterRequestBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                DescribeClusterRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<DescribeClusterRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for DescribeClusterRequest<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("DescribeClusterRequest");
+                ds.finish()
+            }
+        }
+        pub enum BrokerDescriptionOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// One broker as the controller records it.
+        pub struct BrokerDescription<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for BrokerDescription<'a> {
+            type Inner = BrokerDescription<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> BrokerDescription<'a> {
+            pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 4;
+            pub const VT_HOST: ::flatbuffers::VOffsetT = 6;
+            pub const VT_PORT: ::flatbuffers::VOffsetT = 8;
+            pub const VT_SHARD_PORTS: ::flatbuffers::VOffsetT = 10;
+            pub const VT_INTER_BROKER_ADDRESS: ::flatbuffers::VOffsetT = 12;
+            pub const VT_STATUS: ::flatbuffers::VOffsetT = 14;
+            pub const VT_INCARNATION: ::flatbuffers::VOffsetT = 16;
+            pub const VT_CONTROLLER_VOTER: ::flatbuffers::VOffsetT = 18;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                BrokerDescription { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args BrokerDescriptionArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<BrokerDescription<'bldr>> {
+                let mut builder = BrokerDescriptionBuilder::new(_fbb);
+                builder.add_incarnation(args.incarnation);
+                if let Some(x) = args.inter_broker_address {
+                    builder.add_inter_broker_address(x);
+                }
+                if let Some(x) = args.shard_ports {
+                    builder.add_shard_ports(x);
+                }
+                if let Some(x) = args.host {
+                    builder.add_host(x);
+                }
+                builder.add_node_id(args.node_id);
+                builder.add_port(args.port);
+                builder.add_controller_voter(args.controller_voter);
+                builder.add_status(args.status);
+                builder.finish()
+            }
+
+            /// Node id.
+            #[inline]
+            pub fn node_id(&self) -> i32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i32>(BrokerDescription::VT_NODE_ID, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Host clients connect to.
+            #[inline]
+            pub fn host(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        BrokerDescription::VT_HOST,
+                        None,
+                    )
+                }
+            }
+            /// Client port of shard 0.
+            #[inline]
+            pub fn port(&self) -> u16 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u16>(BrokerDescription::VT_PORT, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Client port of each shard, by shard index.
+            #[inline]
+            pub fn shard_ports(&self) -> Option<::flatbuffers::Vector<'a, u16>> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u16>>>(
+                            BrokerDescription::VT_SHARD_PORTS,
+                            None,
+                        )
+                }
+            }
+            /// Inter-broker address (HOST:PORT of shard 0; shard s listens on PORT + s).
+            #[inline]
+            pub fn inter_broker_address(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        BrokerDescription::VT_INTER_BROKER_ADDRESS,
+                        None,
+                    )
+                }
+            }
+            /// Active or Failed.
+            #[inline]
+            pub fn status(&self) -> BrokerStatus {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<BrokerStatus>(
+                            BrokerDescription::VT_STATUS,
+                            Some(BrokerStatus::Active),
+                        )
+                        .unwrap()
+                }
+            }
+            /// Identifies the broker's data directory; a broker whose data directory
+            /// was replaced comes back with another and is refused.
+            #[inline]
+            pub fn incarnation(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(BrokerDescription::VT_INCARNATION, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Whether the broker votes in the controller group (else it is a
+            /// learner there).
+            #[inline]
+            pub fn controller_voter(&self) -> bool {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<bool>(BrokerDescription::VT_CONTROLLER_VOTER, Some(false))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for BrokerDescription<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<i32>("node_id", Self::VT_NODE_ID, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "host",
+                        Self::VT_HOST,
+                        false,
+                    )?
+                    .visit_field::<u16>("port", Self::VT_PORT, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u16>>>(
+                        "shard_ports",
+                        Self::VT_SHARD_PORTS,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "inter_broker_address",
+                        Self::VT_INTER_BROKER_ADDRESS,
+                        false,
+                    )?
+                    .visit_field::<BrokerStatus>("status", Self::VT_STATUS, false)?
+                    .visit_field::<u64>("incarnation", Self::VT_INCARNATION, false)?
+                    .visit_field::<bool>("controller_voter", Self::VT_CONTROLLER_VOTER, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct BrokerDescriptionArgs<'a> {
+            pub node_id: i32,
+            pub host: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub port: u16,
+            pub shard_ports: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u16>>>,
+            pub inter_broker_address: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub status: BrokerStatus,
+            pub incarnation: u64,
+            pub controller_voter: bool,
+        }
+        impl<'a> Default for BrokerDescriptionArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                BrokerDescriptionArgs {
+                    node_id: 0,
+                    host: None,
+                    port: 0,
+                    shard_ports: None,
+                    inter_broker_address: None,
+                    status: BrokerStatus::Active,
+                    incarnation: 0,
+                    controller_voter: false,
+                }
+            }
+        }
+
+        pub struct BrokerDescriptionBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> BrokerDescriptionBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_node_id(&mut self, node_id: i32) {
+                self.fbb_
+                    .push_slot::<i32>(BrokerDescription::VT_NODE_ID, node_id, 0);
+            }
+            #[inline]
+            pub fn add_host(&mut self, host: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    BrokerDescription::VT_HOST,
+                    host,
+                );
+            }
+            #[inline]
+            pub fn add_port(&mut self, port: u16) {
+                self.fbb_
+                    .push_slot::<u16>(BrokerDescription::VT_PORT, port, 0);
+            }
+            #[inline]
+            pub fn add_shard_ports(
+                &mut self,
+                shard_ports: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b, u16>>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    BrokerDescription::VT_SHARD_PORTS,
+                    shard_ports,
+                );
+            }
+            #[inline]
+            pub fn add_inter_broker_address(
+                &mut self,
+                inter_broker_address: ::flatbuffers::WIPOffset<&'b str>,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    BrokerDescription::VT_INTER_BROKER_ADDRESS,
+                    inter_broker_address,
+                );
+            }
+            #[inline]
+            pub fn add_status(&mut self, status: BrokerStatus) {
+                self.fbb_.push_slot::<BrokerStatus>(
+                    BrokerDescription::VT_STATUS,
+                    status,
+                    BrokerStatus::Active,
+                );
+            }
+            #[inline]
+            pub fn add_incarnation(&mut self, incarnation: u64) {
+                self.fbb_
+                    .push_slot::<u64>(BrokerDescription::VT_INCARNATION, incarnation, 0);
+            }
+            #[inline]
+            pub fn add_controller_voter(&mut self, controller_voter: bool) {
+                self.fbb_.push_slot::<bool>(
+                    BrokerDescription::VT_CONTROLLER_VOTER,
+                    controller_voter,
+                    false,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> BrokerDescriptionBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                BrokerDescriptionBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<BrokerDescription<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for BrokerDescription<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("BrokerDescription");
+                ds.field("node_id", &self.node_id());
+                ds.field("host", &self.host());
+                ds.field("port", &self.port());
+                ds.field("shard_ports", &self.shard_ports());
+                ds.field("inter_broker_address", &self.inter_broker_address());
+                ds.field("status", &self.status());
+                ds.field("incarnation", &self.incarnation());
+                ds.field("controller_voter", &self.controller_voter());
+                ds.finish()
+            }
+        }
+        pub enum DescribeClusterResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// The cluster's brokers and its controller.
+        pub struct DescribeClusterResponse<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for DescribeClusterResponse<'a> {
+            type Inner = DescribeClusterResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> DescribeClusterResponse<'a> {
+            pub const VT_ERROR_CODE: ::flatbuffers::VOffsetT = 4;
+            pub const VT_ERROR_MESSAGE: ::flatbuffers::VOffsetT = 6;
+            pub const VT_CLUSTER_ID: ::flatbuffers::VOffsetT = 8;
+            pub const VT_CONTROLLER_ID: ::flatbuffers::VOffsetT = 10;
+            pub const VT_CONTROLLER_TERM: ::flatbuffers::VOffsetT = 12;
+            pub const VT_METADATA_VERSION: ::flatbuffers::VOffsetT = 14;
+            pub const VT_BROKERS: ::flatbuffers::VOffsetT = 16;
+            pub const VT_ANSWERED_BY: ::flatbuffers::VOffsetT = 18;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                DescribeClusterResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args DescribeClusterResponseArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<DescribeClusterResponse<'bldr>> {
+                let mut builder = DescribeClusterResponseBuilder::new(_fbb);
+                builder.add_metadata_version(args.metadata_version);
+                builder.add_controller_term(args.controller_term);
+                builder.add_answered_by(args.answered_by);
+                if let Some(x) = args.brokers {
+                    builder.add_brokers(x);
+                }
+                builder.add_controller_id(args.controller_id);
+                if let Some(x) = args.cluster_id {
+                    builder.add_cluster_id(x);
+                }
+                if let Some(x) = args.error_message {
+                    builder.add_error_message(x);
+                }
+                builder.add_error_code(args.error_code);
+                builder.finish()
+            }
+
+            /// Error of the whole request; None on success.
+            #[inline]
+            pub fn error_code(&self) -> ErrorCode {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<ErrorCode>(
+                            DescribeClusterResponse::VT_ERROR_CODE,
+                            Some(ErrorCode::None),
+                        )
+                        .unwrap()
+                }
+            }
+            /// Human-readable detail for `error_code`; may be absent.
+            #[inline]
+            pub fn error_message(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        DescribeClusterResponse::VT_ERROR_MESSAGE,
+                        None,
+                    )
+                }
+            }
+            /// The cluster's id.
+            #[inline]
+            pub fn cluster_id(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        DescribeClusterResponse::VT_CLUSTER_ID,
+                        None,
+                    )
+                }
+            }
+            /// Node id of the controller's leader, -1 when none is known.
+            #[inline]
+            pub fn controller_id(&self) -> i32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i32>(DescribeClusterResponse::VT_CONTROLLER_ID, Some(-1))
+                        .unwrap()
+                }
+            }
+            /// The controller group's current term, as the answering broker knows it.
+            #[inline]
+            pub fn controller_term(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(DescribeClusterResponse::VT_CONTROLLER_TERM, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Version of the cluster metadata the answering broker has applied.
+            #[inline]
+            pub fn metadata_version(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(DescribeClusterResponse::VT_METADATA_VERSION, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Every registered broker, by node id.
+            #[inline]
+            pub fn brokers(
+                &self,
+            ) -> Option<
+                ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<BrokerDescription<'a>>>,
+            > {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<
+                            'a,
+                            ::flatbuffers::ForwardsUOffset<BrokerDescription>,
+                        >,
+                    >>(DescribeClusterResponse::VT_BROKERS, None)
+                }
+            }
+            /// The broker that answered.
+            #[inline]
+            pub fn answered_by(&self) -> i32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i32>(DescribeClusterResponse::VT_ANSWERED_BY, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for DescribeClusterResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<ErrorCode>("error_code", Self::VT_ERROR_CODE, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "error_message",
+                        Self::VT_ERROR_MESSAGE,
+                        false,
+                    )?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "cluster_id",
+                        Self::VT_CLUSTER_ID,
+                        false,
+                    )?
+                    .visit_field::<i32>("controller_id", Self::VT_CONTROLLER_ID, false)?
+                    .visit_field::<u64>("controller_term", Self::VT_CONTROLLER_TERM, false)?
+                    .visit_field::<u64>("metadata_version", Self::VT_METADATA_VERSION, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<
+                            '_,
+                            ::flatbuffers::ForwardsUOffset<BrokerDescription>,
+                        >,
+                    >>("brokers", Self::VT_BROKERS, false)?
+                    .visit_field::<i32>("answered_by", Self::VT_ANSWERED_BY, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct DescribeClusterResponseArgs<'a> {
+            pub error_code: ErrorCode,
+            pub error_message: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub cluster_id: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub controller_id: i32,
+            pub controller_term: u64,
+            pub metadata_version: u64,
+            pub brokers: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<
+                        'a,
+                        ::flatbuffers::ForwardsUOffset<BrokerDescription<'a>>,
+                    >,
+                >,
+            >,
+            pub answered_by: i32,
+        }
+        impl<'a> Default for DescribeClusterResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                DescribeClusterResponseArgs {
+                    error_code: ErrorCode::None,
+                    error_message: None,
+                    cluster_id: None,
+                    controller_id: -1,
+                    controller_term: 0,
+                    metadata_version: 0,
+                    brokers: None,
+                    answered_by: 0,
+                }
+            }
+        }
+
+        pub struct DescribeClusterResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DescribeClusterResponseBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_error_code(&mut self, error_code: ErrorCode) {
+                self.fbb_.push_slot::<ErrorCode>(
+                    DescribeClusterResponse::VT_ERROR_CODE,
+                    error_code,
+                    ErrorCode::None,
+                );
+            }
+            #[inline]
+            pub fn add_error_message(&mut self, error_message: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    DescribeClusterResponse::VT_ERROR_MESSAGE,
+                    error_message,
+                );
+            }
+            #[inline]
+            pub fn add_cluster_id(&mut self, cluster_id: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    DescribeClusterResponse::VT_CLUSTER_ID,
+                    cluster_id,
+                );
+            }
+            #[inline]
+            pub fn add_controller_id(&mut self, controller_id: i32) {
+                self.fbb_.push_slot::<i32>(
+                    DescribeClusterResponse::VT_CONTROLLER_ID,
+                    controller_id,
+                    -1,
+                );
+            }
+            #[inline]
+            pub fn add_controller_term(&mut self, controller_term: u64) {
+                self.fbb_.push_slot::<u64>(
+                    DescribeClusterResponse::VT_CONTROLLER_TERM,
+                    controller_term,
+                    0,
+                );
+            }
+            #[inline]
+            pub fn add_metadata_version(&mut self, metadata_version: u64) {
+                self.fbb_.push_slot::<u64>(
+                    DescribeClusterResponse::VT_METADATA_VERSION,
+                    metadata_version,
+                    0,
+                );
+            }
+            #[inline]
+            pub fn add_brokers(
+                &mut self,
+                brokers: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<
+                        'b,
+                        ::flatbuffers::ForwardsUOffset<BrokerDescription<'b>>,
+                    >,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    DescribeClusterResponse::VT_BROKERS,
+                    brokers,
+                );
+            }
+            #[inline]
+            pub fn add_answered_by(&mut self, answered_by: i32) {
+                self.fbb_
+                    .push_slot::<i32>(DescribeClusterResponse::VT_ANSWERED_BY, answered_by, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> DescribeClusterResponseBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                DescribeClusterResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<DescribeClusterResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for DescribeClusterResponse<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("DescribeClusterResponse");
+                ds.field("error_code", &self.error_code());
+                ds.field("error_message", &self.error_message());
+                ds.field("cluster_id", &self.cluster_id());
+                ds.field("controller_id", &self.controller_id());
+                ds.field("controller_term", &self.controller_term());
+                ds.field("metadata_version", &self.metadata_version());
+                ds.field("brokers", &self.brokers());
+                ds.field("answered_by", &self.answered_by());
+                ds.finish()
+            }
+        }
+        pub enum DescribeReplicasRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// Asks a broker for the state of the replicas it holds (its own view: ask
+        /// each broker to see every replica).
+        pub struct DescribeReplicasRequest<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for DescribeReplicasRequest<'a> {
+            type Inner = DescribeReplicasRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> DescribeReplicasRequest<'a> {
+            pub const VT_TOPICS: ::flatbuffers::VOffsetT = 4;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                DescribeReplicasRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args DescribeReplicasRequestArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<DescribeReplicasRequest<'bldr>> {
+                let mut builder = DescribeReplicasRequestBuilder::new(_fbb);
+                if let Some(x) = args.topics {
+                    builder.add_topics(x);
+                }
+                builder.finish()
+            }
+
+            /// Topics to describe; absent for every topic.
+            #[inline]
+            pub fn topics(
+                &self,
+            ) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>
+            {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>,
+                    >>(DescribeReplicasRequest::VT_TOPICS, None)
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for DescribeReplicasRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>,
+                    >>("topics", Self::VT_TOPICS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct DescribeReplicasRequestArgs<'a> {
+            pub topics: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>,
+                >,
+            >,
+        }
+        impl<'a> Default for DescribeReplicasRequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                DescribeReplicasRequestArgs { topics: None }
+            }
+        }
+
+        pub struct DescribeReplicasRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DescribeReplicasRequestBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_topics(
+                &mut self,
+                topics: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<'b, ::flatbuffers::ForwardsUOffset<&'b str>>,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    DescribeReplicasRequest::VT_TOPICS,
+                    topics,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> DescribeReplicasRequestBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                DescribeReplicasRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<DescribeReplicasRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for DescribeReplicasRequest<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("DescribeReplicasRequest");
+                ds.field("topics", &self.topics());
+                ds.finish()
+            }
+        }
+        pub enum ReplicaDescriptionOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// One replica held by the answering broker.
+        pub struct ReplicaDescription<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for ReplicaDescription<'a> {
+            type Inner = ReplicaDescription<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> ReplicaDescription<'a> {
+            pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+            pub const VT_PARTITION: ::flatbuffers::VOffsetT = 6;
+            pub const VT_SHARD: ::flatbuffers::VOffsetT = 8;
+            pub const VT_ROLE: ::flatbuffers::VOffsetT = 10;
+            pub const VT_TERM: ::flatbuffers::VOffsetT = 12;
+            pub const VT_LEADER_NODE_ID: ::flatbuffers::VOffsetT = 14;
+            pub const VT_LAST_INDEX: ::flatbuffers::VOffsetT = 16;
+            pub const VT_COMMIT_INDEX: ::flatbuffers::VOffsetT = 18;
+            pub const VT_HIGH_WATERMARK: ::flatbuffers::VOffsetT = 20;
+            pub const VT_LOG_START_OFFSET: ::flatbuffers::VOffsetT = 22;
+            pub const VT_FIRST_INDEX: ::flatbuffers::VOffsetT = 24;
+            pub const VT_LOG_END_OFFSET: ::flatbuffers::VOffsetT = 26;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                ReplicaDescription { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args ReplicaDescriptionArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<ReplicaDescription<'bldr>> {
+                let mut builder = ReplicaDescriptionBuilder::new(_fbb);
+                builder.add_log_end_offset(args.log_end_offset);
+                builder.add_first_index(args.first_index);
+                builder.add_log_start_offset(args.log_start_offset);
+                builder.add_high_watermark(args.high_watermark);
+                builder.add_commit_index(args.commit_index);
+                builder.add_last_index(args.last_index);
+                builder.add_term(args.term);
+                builder.add_leader_node_id(args.leader_node_id);
+                builder.add_partition(args.partition);
+                if let Some(x) = args.topic {
+                    builder.add_topic(x);
+                }
+                builder.add_shard(args.shard);
+                builder.add_role(args.role);
+                builder.finish()
+            }
+
+            /// Topic name.
+            #[inline]
+            pub fn topic(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(
+                            ReplicaDescription::VT_TOPIC,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            /// Partition index.
+            #[inline]
+            pub fn partition(&self) -> i32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i32>(ReplicaDescription::VT_PARTITION, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Shard of the answering broker that holds it.
+            #[inline]
+            pub fn shard(&self) -> u16 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u16>(ReplicaDescription::VT_SHARD, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Its Raft role.
+            #[inline]
+            pub fn role(&self) -> ReplicaRole {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<ReplicaRole>(
+                            ReplicaDescription::VT_ROLE,
+                            Some(ReplicaRole::Follower),
+                        )
+                        .unwrap()
+                }
+            }
+            /// Its current term.
+            #[inline]
+            pub fn term(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicaDescription::VT_TERM, Some(0))
+                        .unwrap()
+                }
+            }
+            /// The leader it knows of, -1 for none.
+            #[inline]
+            pub fn leader_node_id(&self) -> i32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i32>(ReplicaDescription::VT_LEADER_NODE_ID, Some(-1))
+                        .unwrap()
+                }
+            }
+            /// Last index of its log.
+            #[inline]
+            pub fn last_index(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicaDescription::VT_LAST_INDEX, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Its commit index.
+            #[inline]
+            pub fn commit_index(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicaDescription::VT_COMMIT_INDEX, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Offset after the last record it may serve (its high watermark).
+            #[inline]
+            pub fn high_watermark(&self) -> i64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i64>(ReplicaDescription::VT_HIGH_WATERMARK, Some(0))
+                        .unwrap()
+                }
+            }
+            /// First offset it still stores.
+            #[inline]
+            pub fn log_start_offset(&self) -> i64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i64>(ReplicaDescription::VT_LOG_START_OFFSET, Some(0))
+                        .unwrap()
+                }
+            }
+            /// First index of its log.
+            #[inline]
+            pub fn first_index(&self) -> u64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u64>(ReplicaDescription::VT_FIRST_INDEX, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Offset after the last record it stores, committed or not.
+            #[inline]
+            pub fn log_end_offset(&self) -> i64 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i64>(ReplicaDescription::VT_LOG_END_OFFSET, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for ReplicaDescription<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "topic",
+                        Self::VT_TOPIC,
+                        true,
+                    )?
+                    .visit_field::<i32>("partition", Self::VT_PARTITION, false)?
+                    .visit_field::<u16>("shard", Self::VT_SHARD, false)?
+                    .visit_field::<ReplicaRole>("role", Self::VT_ROLE, false)?
+                    .visit_field::<u64>("term", Self::VT_TERM, false)?
+                    .visit_field::<i32>("leader_node_id", Self::VT_LEADER_NODE_ID, false)?
+                    .visit_field::<u64>("last_index", Self::VT_LAST_INDEX, false)?
+                    .visit_field::<u64>("commit_index", Self::VT_COMMIT_INDEX, false)?
+                    .visit_field::<i64>("high_watermark", Self::VT_HIGH_WATERMARK, false)?
+                    .visit_field::<i64>("log_start_offset", Self::VT_LOG_START_OFFSET, false)?
+                    .visit_field::<u64>("first_index", Self::VT_FIRST_INDEX, false)?
+                    .visit_field::<i64>("log_end_offset", Self::VT_LOG_END_OFFSET, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct ReplicaDescriptionArgs<'a> {
+            pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub partition: i32,
+            pub shard: u16,
+            pub role: ReplicaRole,
+            pub term: u64,
+            pub leader_node_id: i32,
+            pub last_index: u64,
+            pub commit_index: u64,
+            pub high_watermark: i64,
+            pub log_start_offset: i64,
+            pub first_index: u64,
+            pub log_end_offset: i64,
+        }
+        impl<'a> Default for ReplicaDescriptionArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                ReplicaDescriptionArgs {
+                    topic: None, // required field
+                    partition: 0,
+                    shard: 0,
+                    role: ReplicaRole::Follower,
+                    term: 0,
+                    leader_node_id: -1,
+                    last_index: 0,
+                    commit_index: 0,
+                    high_watermark: 0,
+                    log_start_offset: 0,
+                    first_index: 0,
+                    log_end_offset: 0,
+                }
+            }
+        }
+
+        pub struct ReplicaDescriptionBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ReplicaDescriptionBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    ReplicaDescription::VT_TOPIC,
+                    topic,
+                );
+            }
+            #[inline]
+            pub fn add_partition(&mut self, partition: i32) {
+                self.fbb_
+                    .push_slot::<i32>(ReplicaDescription::VT_PARTITION, partition, 0);
+            }
+            #[inline]
+            pub fn add_shard(&mut self, shard: u16) {
+                self.fbb_
+                    .push_slot::<u16>(ReplicaDescription::VT_SHARD, shard, 0);
+            }
+            #[inline]
+            pub fn add_role(&mut self, role: ReplicaRole) {
+                self.fbb_.push_slot::<ReplicaRole>(
+                    ReplicaDescription::VT_ROLE,
+                    role,
+                    ReplicaRole::Follower,
+                );
+            }
+            #[inline]
+            pub fn add_term(&mut self, term: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicaDescription::VT_TERM, term, 0);
+            }
+            #[inline]
+            pub fn add_leader_node_id(&mut self, leader_node_id: i32) {
+                self.fbb_.push_slot::<i32>(
+                    ReplicaDescription::VT_LEADER_NODE_ID,
+                    leader_node_id,
+                    -1,
+                );
+            }
+            #[inline]
+            pub fn add_last_index(&mut self, last_index: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicaDescription::VT_LAST_INDEX, last_index, 0);
+            }
+            #[inline]
+            pub fn add_commit_index(&mut self, commit_index: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicaDescription::VT_COMMIT_INDEX, commit_index, 0);
+            }
+            #[inline]
+            pub fn add_high_watermark(&mut self, high_watermark: i64) {
+                self.fbb_.push_slot::<i64>(
+                    ReplicaDescription::VT_HIGH_WATERMARK,
+                    high_watermark,
+                    0,
+                );
+            }
+            #[inline]
+            pub fn add_log_start_offset(&mut self, log_start_offset: i64) {
+                self.fbb_.push_slot::<i64>(
+                    ReplicaDescription::VT_LOG_START_OFFSET,
+                    log_start_offset,
+                    0,
+                );
+            }
+            #[inline]
+            pub fn add_first_index(&mut self, first_index: u64) {
+                self.fbb_
+                    .push_slot::<u64>(ReplicaDescription::VT_FIRST_INDEX, first_index, 0);
+            }
+            #[inline]
+            pub fn add_log_end_offset(&mut self, log_end_offset: i64) {
+                self.fbb_.push_slot::<i64>(
+                    ReplicaDescription::VT_LOG_END_OFFSET,
+                    log_end_offset,
+                    0,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> ReplicaDescriptionBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                ReplicaDescriptionBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<ReplicaDescription<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_.required(o, ReplicaDescription::VT_TOPIC, "topic");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for ReplicaDescription<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("ReplicaDescription");
+                ds.field("topic", &self.topic());
+                ds.field("partition", &self.partition());
+                ds.field("shard", &self.shard());
+                ds.field("role", &self.role());
+                ds.field("term", &self.term());
+                ds.field("leader_node_id", &self.leader_node_id());
+                ds.field("last_index", &self.last_index());
+                ds.field("commit_index", &self.commit_index());
+                ds.field("high_watermark", &self.high_watermark());
+                ds.field("log_start_offset", &self.log_start_offset());
+                ds.field("first_index", &self.first_index());
+                ds.field("log_end_offset", &self.log_end_offset());
+                ds.finish()
+            }
+        }
+        pub enum DescribeReplicasResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// The replicas the answering broker holds.
+        pub struct DescribeReplicasResponse<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for DescribeReplicasResponse<'a> {
+            type Inner = DescribeReplicasResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> DescribeReplicasResponse<'a> {
+            pub const VT_ERROR_CODE: ::flatbuffers::VOffsetT = 4;
+            pub const VT_ERROR_MESSAGE: ::flatbuffers::VOffsetT = 6;
+            pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 8;
+            pub const VT_REPLICAS: ::flatbuffers::VOffsetT = 10;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                DescribeReplicasResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args DescribeReplicasResponseArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<DescribeReplicasResponse<'bldr>> {
+                let mut builder = DescribeReplicasResponseBuilder::new(_fbb);
+                if let Some(x) = args.replicas {
+                    builder.add_replicas(x);
+                }
+                builder.add_node_id(args.node_id);
+                if let Some(x) = args.error_message {
+                    builder.add_error_message(x);
+                }
+                builder.add_error_code(args.error_code);
+                builder.finish()
+            }
+
+            /// Error of the whole request; None on success.
+            #[inline]
+            pub fn error_code(&self) -> ErrorCode {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<ErrorCode>(
+                            DescribeReplicasResponse::VT_ERROR_CODE,
+                            Some(ErrorCode::None),
+                        )
+                        .unwrap()
+                }
+            }
+            /// Human-readable detail for `error_code`; may be absent.
+            #[inline]
+            pub fn error_message(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        DescribeReplicasResponse::VT_ERROR_MESSAGE,
+                        None,
+                    )
+                }
+            }
+            /// The broker that answered.
+            #[inline]
+            pub fn node_id(&self) -> i32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i32>(DescribeReplicasResponse::VT_NODE_ID, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Its replicas of the asked topics.
+            #[inline]
+            pub fn replicas(
+                &self,
+            ) -> Option<
+                ::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ReplicaDescription<'a>>>,
+            > {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<
+                            'a,
+                            ::flatbuffers::ForwardsUOffset<ReplicaDescription>,
+                        >,
+                    >>(DescribeReplicasResponse::VT_REPLICAS, None)
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for DescribeReplicasResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<ErrorCode>("error_code", Self::VT_ERROR_CODE, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "error_message",
+                        Self::VT_ERROR_MESSAGE,
+                        false,
+                    )?
+                    .visit_field::<i32>("node_id", Self::VT_NODE_ID, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<
+                        ::flatbuffers::Vector<
+                            '_,
+                            ::flatbuffers::ForwardsUOffset<ReplicaDescription>,
+                        >,
+                    >>("replicas", Self::VT_REPLICAS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct DescribeReplicasResponseArgs<'a> {
+            pub error_code: ErrorCode,
+            pub error_message: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub node_id: i32,
+            pub replicas: Option<
+                ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<
+                        'a,
+                        ::flatbuffers::ForwardsUOffset<ReplicaDescription<'a>>,
+                    >,
+                >,
+            >,
+        }
+        impl<'a> Default for DescribeReplicasResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                DescribeReplicasResponseArgs {
+                    error_code: ErrorCode::None,
+                    error_message: None,
+                    node_id: 0,
+                    replicas: None,
+                }
+            }
+        }
+
+        pub struct DescribeReplicasResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> DescribeReplicasResponseBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_error_code(&mut self, error_code: ErrorCode) {
+                self.fbb_.push_slot::<ErrorCode>(
+                    DescribeReplicasResponse::VT_ERROR_CODE,
+                    error_code,
+                    ErrorCode::None,
+                );
+            }
+            #[inline]
+            pub fn add_error_message(&mut self, error_message: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    DescribeReplicasResponse::VT_ERROR_MESSAGE,
+                    error_message,
+                );
+            }
+            #[inline]
+            pub fn add_node_id(&mut self, node_id: i32) {
+                self.fbb_
+                    .push_slot::<i32>(DescribeReplicasResponse::VT_NODE_ID, node_id, 0);
+            }
+            #[inline]
+            pub fn add_replicas(
+                &mut self,
+                replicas: ::flatbuffers::WIPOffset<
+                    ::flatbuffers::Vector<
+                        'b,
+                        ::flatbuffers::ForwardsUOffset<ReplicaDescription<'b>>,
+                    >,
+                >,
+            ) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    DescribeReplicasResponse::VT_REPLICAS,
+                    replicas,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> DescribeReplicasResponseBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                DescribeReplicasResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<DescribeReplicasResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for DescribeReplicasResponse<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("DescribeReplicasResponse");
+                ds.field("error_code", &self.error_code());
+                ds.field("error_message", &self.error_message());
+                ds.field("node_id", &self.node_id());
+                ds.field("replicas", &self.replicas());
+                ds.finish()
+            }
+        }
+        pub enum TransferLeaderRequestOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// Moves a partition's leadership to the replica on another broker, through
+        /// the controller (which records it as the preferred leader) and Raft's
+        /// leader transfer.
+        pub struct TransferLeaderRequest<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for TransferLeaderRequest<'a> {
+            type Inner = TransferLeaderRequest<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> TransferLeaderRequest<'a> {
+            pub const VT_TOPIC: ::flatbuffers::VOffsetT = 4;
+            pub const VT_PARTITION: ::flatbuffers::VOffsetT = 6;
+            pub const VT_TO_NODE_ID: ::flatbuffers::VOffsetT = 8;
+            pub const VT_TIMEOUT_MS: ::flatbuffers::VOffsetT = 10;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                TransferLeaderRequest { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args TransferLeaderRequestArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<TransferLeaderRequest<'bldr>> {
+                let mut builder = TransferLeaderRequestBuilder::new(_fbb);
+                builder.add_timeout_ms(args.timeout_ms);
+                builder.add_to_node_id(args.to_node_id);
+                builder.add_partition(args.partition);
+                if let Some(x) = args.topic {
+                    builder.add_topic(x);
+                }
+                builder.finish()
+            }
+
+            /// Topic name.
+            #[inline]
+            pub fn topic(&self) -> &'a str {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<::flatbuffers::ForwardsUOffset<&str>>(
+                            TransferLeaderRequest::VT_TOPIC,
+                            None,
+                        )
+                        .unwrap()
+                }
+            }
+            /// Partition index.
+            #[inline]
+            pub fn partition(&self) -> i32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i32>(TransferLeaderRequest::VT_PARTITION, Some(0))
+                        .unwrap()
+                }
+            }
+            /// Node id of the broker whose replica should lead.
+            #[inline]
+            pub fn to_node_id(&self) -> i32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i32>(TransferLeaderRequest::VT_TO_NODE_ID, Some(0))
+                        .unwrap()
+                }
+            }
+            /// How long to wait for the new leader, in milliseconds; 0 to answer once
+            /// the controller accepted the move.
+            #[inline]
+            pub fn timeout_ms(&self) -> u32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<u32>(TransferLeaderRequest::VT_TIMEOUT_MS, Some(0))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for TransferLeaderRequest<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "topic",
+                        Self::VT_TOPIC,
+                        true,
+                    )?
+                    .visit_field::<i32>("partition", Self::VT_PARTITION, false)?
+                    .visit_field::<i32>("to_node_id", Self::VT_TO_NODE_ID, false)?
+                    .visit_field::<u32>("timeout_ms", Self::VT_TIMEOUT_MS, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct TransferLeaderRequestArgs<'a> {
+            pub topic: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub partition: i32,
+            pub to_node_id: i32,
+            pub timeout_ms: u32,
+        }
+        impl<'a> Default for TransferLeaderRequestArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                TransferLeaderRequestArgs {
+                    topic: None, // required field
+                    partition: 0,
+                    to_node_id: 0,
+                    timeout_ms: 0,
+                }
+            }
+        }
+
+        pub struct TransferLeaderRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TransferLeaderRequestBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_topic(&mut self, topic: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    TransferLeaderRequest::VT_TOPIC,
+                    topic,
+                );
+            }
+            #[inline]
+            pub fn add_partition(&mut self, partition: i32) {
+                self.fbb_
+                    .push_slot::<i32>(TransferLeaderRequest::VT_PARTITION, partition, 0);
+            }
+            #[inline]
+            pub fn add_to_node_id(&mut self, to_node_id: i32) {
+                self.fbb_
+                    .push_slot::<i32>(TransferLeaderRequest::VT_TO_NODE_ID, to_node_id, 0);
+            }
+            #[inline]
+            pub fn add_timeout_ms(&mut self, timeout_ms: u32) {
+                self.fbb_
+                    .push_slot::<u32>(TransferLeaderRequest::VT_TIMEOUT_MS, timeout_ms, 0);
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> TransferLeaderRequestBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                TransferLeaderRequestBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<TransferLeaderRequest<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                self.fbb_
+                    .required(o, TransferLeaderRequest::VT_TOPIC, "topic");
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for TransferLeaderRequest<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("TransferLeaderRequest");
+                ds.field("topic", &self.topic());
+                ds.field("partition", &self.partition());
+                ds.field("to_node_id", &self.to_node_id());
+                ds.field("timeout_ms", &self.timeout_ms());
+                ds.finish()
+            }
+        }
+        pub enum TransferLeaderResponseOffset {}
+        #[derive(Copy, Clone, PartialEq)]
+
+        /// The outcome of a TransferLeader request.
+        pub struct TransferLeaderResponse<'a> {
+            pub _tab: ::flatbuffers::Table<'a>,
+        }
+
+        impl<'a> ::flatbuffers::Follow<'a> for TransferLeaderResponse<'a> {
+            type Inner = TransferLeaderResponse<'a>;
+            #[inline]
+            unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+                Self {
+                    _tab: unsafe { ::flatbuffers::Table::new(buf, loc) },
+                }
+            }
+        }
+
+        impl<'a> TransferLeaderResponse<'a> {
+            pub const VT_ERROR_CODE: ::flatbuffers::VOffsetT = 4;
+            pub const VT_ERROR_MESSAGE: ::flatbuffers::VOffsetT = 6;
+            pub const VT_LEADER_NODE_ID: ::flatbuffers::VOffsetT = 8;
+
+            #[inline]
+            pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+                TransferLeaderResponse { _tab: table }
+            }
+            #[allow(unused_mut)]
+            pub fn create<
+                'bldr: 'args,
+                'args: 'mut_bldr,
+                'mut_bldr,
+                A: ::flatbuffers::Allocator + 'bldr,
+            >(
+                _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+                args: &'args TransferLeaderResponseArgs<'args>,
+            ) -> ::flatbuffers::WIPOffset<TransferLeaderResponse<'bldr>> {
+                let mut builder = TransferLeaderResponseBuilder::new(_fbb);
+                builder.add_leader_node_id(args.leader_node_id);
+                if let Some(x) = args.error_message {
+                    builder.add_error_message(x);
+                }
+                builder.add_error_code(args.error_code);
+                builder.finish()
+            }
+
+            /// None once the move is done (or accepted, with timeout_ms 0).
+            #[inline]
+            pub fn error_code(&self) -> ErrorCode {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<ErrorCode>(
+                            TransferLeaderResponse::VT_ERROR_CODE,
+                            Some(ErrorCode::None),
+                        )
+                        .unwrap()
+                }
+            }
+            /// Human-readable detail for `error_code`; may be absent.
+            #[inline]
+            pub fn error_message(&self) -> Option<&'a str> {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(
+                        TransferLeaderResponse::VT_ERROR_MESSAGE,
+                        None,
+                    )
+                }
+            }
+            /// The partition's leader when the broker answered, -1 for none.
+            #[inline]
+            pub fn leader_node_id(&self) -> i32 {
+                // Safety:
+                // Created from valid Table for this object
+                // which contains a valid value in this slot
+                unsafe {
+                    self._tab
+                        .get::<i32>(TransferLeaderResponse::VT_LEADER_NODE_ID, Some(-1))
+                        .unwrap()
+                }
+            }
+        }
+
+        impl ::flatbuffers::Verifiable for TransferLeaderResponse<'_> {
+            #[inline]
+            fn run_verifier(
+                v: &mut ::flatbuffers::Verifier,
+                pos: usize,
+            ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+                v.visit_table(pos)?
+                    .visit_field::<ErrorCode>("error_code", Self::VT_ERROR_CODE, false)?
+                    .visit_field::<::flatbuffers::ForwardsUOffset<&str>>(
+                        "error_message",
+                        Self::VT_ERROR_MESSAGE,
+                        false,
+                    )?
+                    .visit_field::<i32>("leader_node_id", Self::VT_LEADER_NODE_ID, false)?
+                    .finish();
+                Ok(())
+            }
+        }
+        pub struct TransferLeaderResponseArgs<'a> {
+            pub error_code: ErrorCode,
+            pub error_message: Option<::flatbuffers::WIPOffset<&'a str>>,
+            pub leader_node_id: i32,
+        }
+        impl<'a> Default for TransferLeaderResponseArgs<'a> {
+            #[inline]
+            fn default() -> Self {
+                TransferLeaderResponseArgs {
+                    error_code: ErrorCode::None,
+                    error_message: None,
+                    leader_node_id: -1,
+                }
+            }
+        }
+
+        pub struct TransferLeaderResponseBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+            fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+        }
+        impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> TransferLeaderResponseBuilder<'a, 'b, A> {
+            #[inline]
+            pub fn add_error_code(&mut self, error_code: ErrorCode) {
+                self.fbb_.push_slot::<ErrorCode>(
+                    TransferLeaderResponse::VT_ERROR_CODE,
+                    error_code,
+                    ErrorCode::None,
+                );
+            }
+            #[inline]
+            pub fn add_error_message(&mut self, error_message: ::flatbuffers::WIPOffset<&'b str>) {
+                self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(
+                    TransferLeaderResponse::VT_ERROR_MESSAGE,
+                    error_message,
+                );
+            }
+            #[inline]
+            pub fn add_leader_node_id(&mut self, leader_node_id: i32) {
+                self.fbb_.push_slot::<i32>(
+                    TransferLeaderResponse::VT_LEADER_NODE_ID,
+                    leader_node_id,
+                    -1,
+                );
+            }
+            #[inline]
+            pub fn new(
+                _fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+            ) -> TransferLeaderResponseBuilder<'a, 'b, A> {
+                let start = _fbb.start_table();
+                TransferLeaderResponseBuilder {
+                    fbb_: _fbb,
+                    start_: start,
+                }
+            }
+            #[inline]
+            pub fn finish(self) -> ::flatbuffers::WIPOffset<TransferLeaderResponse<'a>> {
+                let o = self.fbb_.end_table(self.start_);
+                ::flatbuffers::WIPOffset::new(o.value())
+            }
+        }
+
+        impl ::core::fmt::Debug for TransferLeaderResponse<'_> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut ds = f.debug_struct("TransferLeaderResponse");
+                ds.field("error_code", &self.error_code());
+                ds.field("error_message", &self.error_message());
+                ds.field("leader_node_id", &self.leader_node_id());
                 ds.finish()
             }
         }

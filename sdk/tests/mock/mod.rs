@@ -557,6 +557,7 @@ fn metadata(state: &State, key: RequestKey, asked: Option<Vec<String>>) -> Frame
                 node_id: 1,
                 host: Some(host),
                 port: state.ports[0],
+                ..Default::default()
             },
         );
         let brokers = b.create_vector(&[broker]);
