@@ -8,5 +8,6 @@
 //! only by message passing.
 pub mod broker;
 pub mod config;
+pub mod controller;
 pub mod metrics;
 pub mod raft;
