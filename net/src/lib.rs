@@ -24,12 +24,23 @@
 //!   requests in flight that stops reading when reached; [`listen`] and
 //!   [`Server::serve`] accept connections, bounded in number, until a
 //!   [`Shutdown`] and then drain them.
-//! * Later: the inter-broker transport, batched per destination.
+//! * [`peer`]: the inter-broker transport, on glommio, one instance per
+//!   shard. [`peer::PeerLinks`] keeps one connection per destination shard,
+//!   dialed by the sender, and writes the frames queued for it together;
+//!   it drops rather than buffers without bound (Raft resends) and reports
+//!   the destinations that lost frames. [`peer::listen_peers`] and
+//!   [`peer::PeerServer`] take the connections of other brokers' shards,
+//!   check their handshake (with the engine's [`peer::Admission`]) and hand
+//!   Raft batches, verified and in place, and controller requests to a
+//!   [`peer::PeerHandler`]. It knows no Raft types: the engine builds and
+//!   reads the `RaftBatch` envelopes.
 //!
 //! It depends on `shardmq-schema` for the frame layout and the generated
-//! protocol code. It must not depend on `shardmq-storage`: bytes move
-//! through it, they are never stored by it. Only [`server`] knows glommio,
-//! so the SDK can use the rest from tokio.
+//! protocol code. It must not depend on `shardmq-storage` nor on raft-rs:
+//! bytes move through it, they are never stored by it, and Raft messages
+//! are the engine's to build and read. Only
+//! [`server`] and [`peer`] know glommio, so the SDK can use the rest from
+//! tokio.
 //!
 //! # Invariants
 //!
@@ -49,6 +60,7 @@
 pub mod frame;
 pub mod inflight;
 pub mod message;
+pub mod peer;
 pub mod server;
 mod shutdown;
 
