@@ -3,11 +3,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use shardmq_net::{Frame, ResponseFrame};
-use shardmq_schema::protocol::ErrorCode;
+use shardmq_schema::protocol::{BrokerStatus, ErrorCode};
 
-use crate::codec::{self, ClusterMetadata, TopicInfo};
+use crate::codec::{self, ClusterMetadata, LeaderHint, ReplicasDescription, TopicInfo};
 use crate::config::ClientConfig;
 use crate::connection::Connection;
 use crate::error::{ClientError, Result};
@@ -24,22 +25,45 @@ struct Inner {
     pool: Mutex<HashMap<String, Connection>>,
     /// Brokers and the topics asked about so far.
     metadata: Mutex<ClusterMetadata>,
+    /// The address that last answered a request any broker answers; tried
+    /// first next time, so a dead bootstrap broker costs one failed
+    /// connect, not one per request.
+    preferred: Mutex<Option<String>>,
+}
+
+/// Whether a request sent to one broker by [`Client::request_any`] should
+/// go to the next broker instead: the broker is unreachable, or refused the
+/// request because it is shutting down. With `idempotent`, also when the
+/// request may have been executed (timeout, connection lost after sending).
+fn move_on(result: &Result<ResponseFrame>, idempotent: bool) -> bool {
+    match result {
+        Ok(response) => response.error_code() == ErrorCode::BrokerShuttingDown,
+        Err(ClientError::Connect { .. }) => true,
+        Err(
+            ClientError::ConnectionLost { request_sent, .. }
+            | ClientError::Timeout { request_sent, .. },
+        ) => idempotent || !request_sent,
+        Err(_) => false,
+    }
 }
 
 /// The connections to a cluster, one per broker shard, and the metadata
 /// cache that says which shard owns each partition. Cheap to clone.
 ///
 /// Requests for a partition go to its leader's owning shard
-/// ([`ClusterMetadata::leader_addr`]); other requests go to any broker,
-/// the bootstrap addresses first.
+/// ([`ClusterMetadata::leader_addr`]); other requests go to any broker:
+/// the one that answered last, then the bootstrap addresses, then every
+/// broker the metadata named (active ones first). A broker that cannot be
+/// reached is skipped, so a client that knows several brokers keeps
+/// working while one is down.
 #[derive(Debug, Clone)]
 pub struct Client {
     inner: Arc<Inner>,
 }
 
 impl Client {
-    /// Connects to the first reachable bootstrap address and reads the
-    /// list of brokers.
+    /// Connects to the first reachable bootstrap address (trying each in
+    /// turn) and reads the list of brokers.
     pub async fn connect(config: ClientConfig) -> Result<Self> {
         if config.bootstrap.is_empty() {
             return Err(ClientError::InvalidArgument(
@@ -51,6 +75,7 @@ impl Client {
                 config,
                 pool: Mutex::new(HashMap::new()),
                 metadata: Mutex::new(ClusterMetadata::default()),
+                preferred: Mutex::new(None),
             }),
         };
         client.metadata(Some(&[])).await?;
@@ -82,44 +107,92 @@ impl Client {
         }
     }
 
-    /// Addresses for requests any broker answers: the bootstrap list, then
-    /// the brokers metadata named.
+    /// Addresses for requests any broker answers: the one that answered
+    /// last, the bootstrap list, then the brokers metadata named, active
+    /// ones first.
     fn any_addrs(&self) -> Vec<String> {
-        let mut addrs = self.inner.config.bootstrap.clone();
-        for broker in &lock(&self.inner.metadata).brokers {
-            let addr = format!("{}:{}", broker.host, broker.port);
+        let mut addrs: Vec<String> = lock(&self.inner.preferred).iter().cloned().collect();
+        let mut push = |addr: String| {
             if !addrs.contains(&addr) {
                 addrs.push(addr);
             }
+        };
+        for addr in &self.inner.config.bootstrap {
+            push(addr.clone());
+        }
+        let metadata = lock(&self.inner.metadata);
+        let (active, failed): (Vec<_>, Vec<_>) = metadata
+            .brokers
+            .iter()
+            .partition(|b| b.status != BrokerStatus::Failed);
+        for broker in active.into_iter().chain(failed) {
+            push(broker.addr());
         }
         addrs
     }
 
-    /// Sends a request any broker answers, to the first address that
-    /// takes a connection; a failed connect moves on to the next address.
+    /// Sends a request any broker answers, to the first address that takes
+    /// it: an unreachable broker, a connection found broken before the
+    /// request was sent and a broker answering BrokerShuttingDown move on
+    /// to the next address. For requests that change something (create,
+    /// delete, transfer), whose outcome is unknown after a timeout.
     pub async fn request_any(&self, build: impl Fn(u64, &str) -> Frame) -> Result<ResponseFrame> {
+        self.request_any_with(build, self.inner.config.request_timeout, false)
+            .await
+    }
+
+    /// [`request_any`](Self::request_any) for requests that change nothing
+    /// (metadata, listings, descriptions): a timeout or a connection lost
+    /// after sending moves on to the next broker too.
+    pub async fn request_any_idempotent(
+        &self,
+        build: impl Fn(u64, &str) -> Frame,
+    ) -> Result<ResponseFrame> {
+        self.request_any_with(build, self.inner.config.request_timeout, true)
+            .await
+    }
+
+    /// [`request_any`](Self::request_any) with its own timeout per broker
+    /// tried.
+    pub async fn request_any_with(
+        &self,
+        build: impl Fn(u64, &str) -> Frame,
+        timeout: Duration,
+        idempotent: bool,
+    ) -> Result<ResponseFrame> {
         let mut last = None;
         for addr in self.any_addrs() {
-            match self.connection(&addr).await {
-                Ok(conn) => match conn.request(&build).await {
-                    Err(error @ ClientError::ConnectionLost { .. }) => last = Some(error),
-                    result => return result,
-                },
-                Err(error) => last = Some(error),
+            let result = match self.connection(&addr).await {
+                Ok(conn) => conn.request_with_timeout(&build, timeout).await,
+                Err(error) => Err(error),
+            };
+            if move_on(&result, idempotent) {
+                tracing::debug!(%addr, "broker unavailable, trying the next one");
+                last = Some(result);
+                continue;
             }
+            if result.is_ok() {
+                *lock(&self.inner.preferred) = Some(addr);
+            }
+            return result;
         }
-        Err(last.unwrap_or_else(|| ClientError::InvalidArgument("no broker address".to_owned())))
+        match last {
+            Some(result) => result,
+            None => Err(ClientError::InvalidArgument("no broker address".to_owned())),
+        }
     }
 
     /// Asks for the metadata of `topics` (every topic with `None`, only the
     /// brokers with an empty list) and updates the cache with it.
     pub async fn metadata(&self, topics: Option<&[&str]>) -> Result<ClusterMetadata> {
         let response = self
-            .request_any(|id, client_id| codec::encode_metadata(id, client_id, topics))
+            .request_any_idempotent(|id, client_id| codec::encode_metadata(id, client_id, topics))
             .await?;
         let metadata = codec::decode_metadata(&response)?;
         let mut cache = lock(&self.inner.metadata);
         cache.brokers.clone_from(&metadata.brokers);
+        cache.controller_id = metadata.controller_id;
+        cache.cluster_id.clone_from(&metadata.cluster_id);
         for topic in &metadata.topics {
             cache.topics.retain(|t| t.name != topic.name);
             if topic.error == ErrorCode::None {
@@ -182,5 +255,64 @@ impl Client {
     pub async fn leader_connection(&self, topic: &str, partition: i32) -> Result<Connection> {
         let addr = self.leader_addr(topic, partition).await?;
         self.connection(&addr).await
+    }
+
+    /// `host:port` of the replica of the partition that `node_id` holds
+    /// ([`ClusterMetadata::replica_addr`]), from the cache (filled first if
+    /// the topic is not in it).
+    pub async fn replica_addr(&self, topic: &str, partition: i32, node_id: i32) -> Result<String> {
+        {
+            let metadata = lock(&self.inner.metadata);
+            if metadata.topic(topic).is_some() {
+                return metadata.replica_addr(topic, partition, node_id);
+            }
+        }
+        self.topic(topic).await?;
+        lock(&self.inner.metadata).replica_addr(topic, partition, node_id)
+    }
+
+    /// `host:port` of the first shard of the broker `node_id`; the brokers
+    /// are asked for again when it is not cached. An error
+    /// ([`ClientError::InvalidArgument`]) if no broker has that id.
+    pub async fn broker_addr(&self, node_id: i32) -> Result<String> {
+        if let Some(broker) = lock(&self.inner.metadata).broker(node_id) {
+            return Ok(broker.addr());
+        }
+        self.metadata(Some(&[])).await?;
+        lock(&self.inner.metadata)
+            .broker(node_id)
+            .map(|b| b.addr())
+            .ok_or_else(|| {
+                ClientError::InvalidArgument(format!("no broker with node id {node_id}"))
+            })
+    }
+
+    /// The state of the replicas the broker `node_id` holds, of `topics`
+    /// (every topic with `None`), as that broker reports it
+    /// (DescribeReplicas, sent to its first shard).
+    pub async fn describe_replicas(
+        &self,
+        node_id: i32,
+        topics: Option<&[&str]>,
+    ) -> Result<ReplicasDescription> {
+        let addr = self.broker_addr(node_id).await?;
+        let conn = self.connection(&addr).await?;
+        let response = conn
+            .request(|id, client_id| codec::encode_describe_replicas(id, client_id, topics))
+            .await?;
+        codec::decode_describe_replicas(&response)
+    }
+
+    /// Records a [`LeaderHint`] in the cached metadata
+    /// ([`ClusterMetadata::apply_leader_hint`]); true if the cache changed,
+    /// so a request sent again goes to the hinted leader.
+    pub fn apply_leader_hint(&self, topic: &str, partition: i32, hint: &LeaderHint) -> bool {
+        lock(&self.inner.metadata).apply_leader_hint(topic, partition, hint)
+    }
+
+    /// A copy of the cached metadata: the brokers and the topics asked
+    /// about so far.
+    pub fn cached_metadata(&self) -> ClusterMetadata {
+        lock(&self.inner.metadata).clone()
     }
 }

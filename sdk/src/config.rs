@@ -19,6 +19,11 @@ pub struct ClientConfig {
     pub in_flight_max: usize,
     /// Largest frame accepted from a broker, prefix included.
     pub frame_bytes_max: usize,
+    /// How long admin operations that go through the controller (create
+    /// and delete topics, leader transfers) retry LeaderNotAvailable, the
+    /// answer while the controller group has no leader (a cluster
+    /// starting, an election), before they fail with it.
+    pub controller_wait: Duration,
 }
 
 impl ClientConfig {
@@ -44,6 +49,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(30),
             in_flight_max: 256,
             frame_bytes_max: shardmq_schema::protocol::MAX_FRAME_BYTES,
+            controller_wait: Duration::from_secs(30),
         }
     }
 }
@@ -88,9 +94,21 @@ pub struct ProducerConfig {
     pub batch_bytes_max: usize,
     /// How the partition of a record without one is chosen.
     pub partitioner: Partitioner,
-    /// Retries of a batch after a retriable error, before its records fail.
+    /// Most times a batch is sent again after an error that says it was not
+    /// appended (NotLeader, LeaderNotAvailable, BrokerShuttingDown,
+    /// Throttled, NotEnoughReplicas, a failed connect), before its records
+    /// fail with that error. A batch whose outcome is unknown (a broker's
+    /// RequestTimedOut, no response in time, a connection lost after the
+    /// request was sent) is never sent again: its records fail with
+    /// [`crate::ClientError::OutcomeUnknown`].
     pub retries: u32,
-    /// Wait before the first retry; doubled for each further one.
+    /// How long the producer keeps retrying a batch, counted from its
+    /// first attempt: no retry starts after it, and the records fail with
+    /// the last error. An attempt in flight when it passes is waited for
+    /// (up to the request timeout plus `ack_timeout`). Default 30 s.
+    pub delivery_timeout: Duration,
+    /// Wait before the first retry; doubled for each further one. A
+    /// NotLeader that names the new leader is retried at once, there.
     pub retry_backoff: Duration,
     /// Longest wait between retries.
     pub retry_backoff_max: Duration,
@@ -123,6 +141,7 @@ impl Default for ProducerConfig {
             batch_bytes_max: 1 << 20,
             partitioner: Partitioner::KeyHash,
             retries: 5,
+            delivery_timeout: Duration::from_secs(30),
             retry_backoff: Duration::from_millis(50),
             retry_backoff_max: Duration::from_secs(2),
             in_flight_per_partition: 1,
@@ -146,6 +165,8 @@ pub struct ConsumerConfig {
     pub partition_bytes_max: u32,
     /// Most bytes per fetch request (0: the broker's default).
     pub fetch_bytes_max: u32,
+    /// Which replica the fetches go to.
+    pub read_from: ReadFrom,
 }
 
 impl Default for ConsumerConfig {
@@ -155,8 +176,27 @@ impl Default for ConsumerConfig {
             fetch_min_bytes: 1,
             partition_bytes_max: 1 << 20,
             fetch_bytes_max: 16 << 20,
+            read_from: ReadFrom::Leader,
         }
     }
+}
+
+/// Which replica of each partition a consumer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadFrom {
+    /// The leader's owning shard (the default): every committed record,
+    /// as soon as it is committed.
+    #[default]
+    Leader,
+    /// The replica held by the broker of this node id, leader or follower:
+    /// fetches go to that replica's shard port with `allow_follower`, and
+    /// read up to the commit index that replica knows (its high watermark,
+    /// which may trail the leader's). Earliest and Latest seek to that
+    /// replica's log start and high watermark. A partition with no replica
+    /// on that node fails the poll with [`crate::ClientError::InvalidArgument`],
+    /// and a replica that answers NotLeader (it will not serve a follower
+    /// read) with that code.
+    Replica(i32),
 }
 
 /// Where a consumer reads a partition from.

@@ -10,9 +10,15 @@
 //! [`ClientError::Protocol`] when the broker broke the protocol) and later
 //! requests fail at once: a broken connection is never reused, the
 //! [`crate::Client`] opens a new one.
+//!
+//! Errors say whether the request had been handed to the writer
+//! (`request_sent`): from that moment the broker may read and execute it,
+//! so a failure after it leaves the outcome unknown, and a failure before
+//! it means the broker never saw the request. The boundary is the writer's
+//! queue rather than the socket, which errs on the side of "maybe sent".
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
@@ -39,19 +45,23 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Shared {
     addr: String,
     in_flight: Mutex<InFlight<Reply>>,
-    /// Why the connection closed; set once, by the first failure.
-    closed: Mutex<Option<ClientError>>,
+    /// Why the connection closed, in words; set once, by the first failure.
+    closed: Mutex<Option<String>>,
 }
 
 impl Shared {
-    /// Closes the connection for `reason`: pending requests fail with it,
-    /// later ones are refused.
+    /// Closes the connection for `reason`: pending requests (all handed to
+    /// the writer, or about to be) fail with it, later ones are refused.
     fn close(&self, reason: ClientError) {
         {
             let mut closed = lock(&self.closed);
             if closed.is_none() {
                 tracing::debug!(addr = %self.addr, %reason, "connection closed");
-                *closed = Some(reason.clone());
+                let words = match &reason {
+                    ClientError::ConnectionLost { reason, .. } => reason.clone(),
+                    other => other.to_string(),
+                };
+                *closed = Some(words);
             }
         }
         let failed = lock(&self.in_flight).close();
@@ -61,20 +71,25 @@ impl Shared {
         }
     }
 
-    /// The error a request meets on a closed connection.
+    /// The error a request meets on a closed connection before anything of
+    /// it was queued.
     fn closed_error(&self) -> ClientError {
-        lock(&self.closed)
+        let reason = lock(&self.closed)
             .clone()
-            .unwrap_or_else(|| ClientError::ConnectionLost {
-                addr: self.addr.clone(),
-                reason: "connection closed".to_owned(),
-            })
+            .unwrap_or_else(|| "connection closed".to_owned());
+        ClientError::ConnectionLost {
+            addr: self.addr.clone(),
+            reason,
+            request_sent: false,
+        }
     }
 
+    /// The error of the requests pending when the connection broke.
     fn lost(&self, reason: impl Into<String>) -> ClientError {
         ClientError::ConnectionLost {
             addr: self.addr.clone(),
             reason: reason.into(),
+            request_sent: true,
         }
     }
 
@@ -211,9 +226,15 @@ impl Connection {
         build: impl FnOnce(u64, &str) -> Frame,
         timeout: Duration,
     ) -> Result<ResponseFrame> {
-        tokio::time::timeout(timeout, self.send_and_wait(build))
+        let sent = AtomicBool::new(false);
+        tokio::time::timeout(timeout, self.send_and_wait(build, &sent))
             .await
-            .unwrap_or(Err(ClientError::Timeout { after: timeout }))
+            .unwrap_or_else(|_| {
+                Err(ClientError::Timeout {
+                    after: timeout,
+                    request_sent: sent.load(Ordering::Relaxed),
+                })
+            })
     }
 
     /// Sends a request the broker does not answer (Produce with acks
@@ -235,7 +256,13 @@ impl Connection {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    async fn send_and_wait(&self, build: impl FnOnce(u64, &str) -> Frame) -> Result<ResponseFrame> {
+    /// Sends the request and waits for its response; sets `sent` once the
+    /// frame is handed to the writer.
+    async fn send_and_wait(
+        &self,
+        build: impl FnOnce(u64, &str) -> Frame,
+        sent: &AtomicBool,
+    ) -> Result<ResponseFrame> {
         let shared = &*self.inner.shared;
         let id = self.next_id();
         let frame = build(id, &self.inner.client_id);
@@ -261,13 +288,17 @@ impl Connection {
         })
         .await?;
         let _guard = PendingGuard { shared, id };
+        // A failed send: the writer has ended, so the frame is not written.
         self.inner
             .writes
             .send(frame)
             .map_err(|_| shared.closed_error())?;
+        sent.store(true, Ordering::Relaxed);
         match response.await {
             Ok(result) => result,
-            Err(_) => Err(shared.closed_error()),
+            // The entry was dropped without a reply: only when the
+            // connection closed after the frame was queued.
+            Err(_) => Err(shared.lost("connection closed")),
         }
     }
 }

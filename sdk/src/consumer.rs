@@ -1,5 +1,6 @@
 //! [`Consumer`]: reads assigned partitions from their leaders' owning
-//! shards, from positions the caller sets.
+//! shards (or from the replicas of one chosen broker, [`ReadFrom`]), from
+//! positions the caller sets.
 //!
 //! The consumer keeps one position per assigned partition: the offset of
 //! the next record to return. [`Consumer::poll`] sends one Fetch request
@@ -8,6 +9,12 @@
 //! below the position (a fetch starts with the whole batch holding the
 //! position) and control batches, and moves each position past what it
 //! returns. Records of a partition come back in offset order.
+//!
+//! With [`ReadFrom::Replica`] the fetches go to that broker's replica of
+//! each partition, on the shard port the metadata names for it, with
+//! `allow_follower` set: the replica answers even as a follower, up to the
+//! commit index it knows, so its high watermark is its own and may trail
+//! the leader's.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -16,12 +23,42 @@ use bytes::Bytes;
 use shardmq_schema::batch::{RecordBatchView, LENGTH_PREFIX_BYTES};
 use shardmq_schema::protocol::{ErrorCode, OffsetSpec};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::client::Client;
 use crate::codec::{self, FetchItem, FetchResult, ListOffsetsItem};
-pub use crate::config::SeekTo;
 use crate::config::{ClientConfig, ConsumerConfig};
+pub use crate::config::{ReadFrom, SeekTo};
 use crate::error::{ClientError, Result};
+
+/// Fetch rounds of one poll while every partition is refused (leader
+/// moved): the first, and retries against the leaders just learnt.
+const FETCH_ROUNDS_MAX: u32 = 3;
+/// Attempts of an offset lookup (ListOffsets, DescribeReplicas) after
+/// retriable errors.
+const LOOKUP_ATTEMPTS_MAX: u32 = 4;
+/// First wait between lookup or fetch attempts.
+const LOOKUP_BACKOFF: Duration = Duration::from_millis(50);
+
+/// One record batch as a replica stored it ([`Consumer::poll_batches`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedBatch {
+    /// Topic name.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset of the batch's first record.
+    pub base_offset: i64,
+    /// Offset after the batch's last record.
+    pub next_offset: i64,
+    /// Records in the batch.
+    pub record_count: i32,
+    /// Whether it is a control batch (transaction markers).
+    pub is_control: bool,
+    /// The whole batch, Kafka RecordBatch v2 bytes as stored; shares the
+    /// fetch response's memory.
+    pub bytes: Bytes,
+}
 
 /// One record read from a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,7 +175,10 @@ impl Consumer {
         Ok(())
     }
 
-    /// The offset `to` names in the partition.
+    /// The offset `to` names in the partition. Reading from a replica,
+    /// Earliest and Latest are that replica's log start and high
+    /// watermark (DescribeReplicas on its broker); otherwise, and for
+    /// Timestamp, the leader answers ListOffsets.
     async fn resolve(&self, partition: i32, to: SeekTo) -> Result<i64> {
         let (spec, timestamp_ms) = match to {
             SeekTo::Offset(offset) => return Ok(offset),
@@ -147,6 +187,13 @@ impl Consumer {
             SeekTo::Timestamp(ts) => (OffsetSpec::Timestamp, ts),
         };
         let topic = self.assigned_topic()?;
+        if let (ReadFrom::Replica(node_id), OffsetSpec::Earliest | OffsetSpec::Latest) =
+            (self.config.read_from, spec)
+        {
+            return self
+                .resolve_on_replica(&topic, partition, node_id, spec)
+                .await;
+        }
         let item = [ListOffsetsItem {
             topic: &topic,
             partition,
@@ -155,6 +202,7 @@ impl Consumer {
         }];
         let mut attempt = 0;
         loop {
+            let mut hint = None;
             let result = async {
                 let conn = self.client.leader_connection(&topic, partition).await?;
                 let response = conn
@@ -165,6 +213,7 @@ impl Consumer {
                     .find(|a| a.topic == topic && a.partition == partition)
                     .ok_or_else(|| ClientError::protocol("list offsets without the partition"))?;
                 if answer.error != ErrorCode::None {
+                    hint = answer.leader_hint;
                     return Err(ClientError::Broker {
                         code: answer.error,
                         message: answer.message,
@@ -179,14 +228,70 @@ impl Consumer {
                     return Box::pin(self.resolve(partition, SeekTo::Latest)).await;
                 }
                 Ok(offset) => return Ok(offset),
-                Err(error) if error.is_retriable() && attempt < 3 => {
-                    attempt += 1;
-                    if error.needs_metadata_refresh() {
-                        let _ = self.client.refresh_topic(&topic).await;
+                Err(error) if error.is_retriable() && attempt < LOOKUP_ATTEMPTS_MAX => {
+                    let moved = hint
+                        .as_ref()
+                        .is_some_and(|h| self.client.apply_leader_hint(&topic, partition, h));
+                    if !moved {
+                        if error.needs_metadata_refresh() {
+                            let _ = self.client.refresh_topic(&topic).await;
+                        }
+                        tokio::time::sleep(backoff(attempt)).await;
                     }
+                    attempt += 1;
                 }
                 Err(error) => return Err(error),
             }
+        }
+    }
+
+    /// Earliest or Latest of the replica on `node_id`, as its broker
+    /// reports it.
+    async fn resolve_on_replica(
+        &self,
+        topic: &str,
+        partition: i32,
+        node_id: i32,
+        spec: OffsetSpec,
+    ) -> Result<i64> {
+        let mut attempt = 0;
+        loop {
+            let result = self
+                .client
+                .describe_replicas(node_id, Some(&[topic]))
+                .await
+                .and_then(|described| {
+                    described
+                        .replica(topic, partition)
+                        .map(|r| {
+                            if spec == OffsetSpec::Earliest {
+                                r.log_start_offset
+                            } else {
+                                r.high_watermark
+                            }
+                        })
+                        .ok_or_else(|| {
+                            ClientError::InvalidArgument(format!(
+                                "node {node_id} holds no replica of {topic}/{partition}"
+                            ))
+                        })
+                });
+            match result {
+                Err(error) if error.is_retriable() && attempt < LOOKUP_ATTEMPTS_MAX => {
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Where the partition's fetches go: its leader's owning shard, or the
+    /// chosen replica's shard.
+    async fn fetch_addr(&self, topic: &str, partition: i32) -> Result<String> {
+        match self.config.read_from {
+            ReadFrom::Leader => self.client.leader_addr(topic, partition).await,
+            ReadFrom::Replica(node_id) => self.client.replica_addr(topic, partition, node_id).await,
         }
     }
 
@@ -194,11 +299,41 @@ impl Consumer {
     /// `max_wait` on the broker for something to arrive (a long poll), and
     /// returns it in offset order per partition; empty if nothing came.
     ///
-    /// A partition whose leader moved is skipped this time (the metadata
-    /// is refreshed for the next poll). A position outside the log fails
-    /// with [`ClientError::OffsetOutOfRange`]; seek to go on.
+    /// A partition whose leader moved (NotLeader, LeaderNotAvailable, a
+    /// broker that cannot be reached) is fetched again from the leader a
+    /// hint names or, after a metadata refresh, from the one the metadata
+    /// names, within `max_wait`; if it is still refused it is skipped this
+    /// time. A position outside the log fails with
+    /// [`ClientError::OffsetOutOfRange`]; seek to go on.
     pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<ConsumedRecord>> {
         let topic = self.assigned_topic()?;
+        let answers = self.fetch(&topic, max_wait).await?;
+        let mut out = Vec::new();
+        for (answer, position) in answers {
+            let next = decode_records(&topic, &answer, position, &mut out)?;
+            self.positions.insert(answer.partition, Some(next));
+        }
+        Ok(out)
+    }
+
+    /// [`poll`](Self::poll), returning whole record batches as the broker
+    /// stored them instead of records: every batch that ends after the
+    /// position, control batches included (the first may begin before the
+    /// position). Each position moves past the batches returned.
+    pub async fn poll_batches(&mut self, max_wait: Duration) -> Result<Vec<FetchedBatch>> {
+        let topic = self.assigned_topic()?;
+        let answers = self.fetch(&topic, max_wait).await?;
+        let mut out = Vec::new();
+        for (answer, position) in answers {
+            let next = decode_batches(&answer, position, &mut out)?;
+            self.positions.insert(answer.partition, Some(next));
+        }
+        Ok(out)
+    }
+
+    /// One poll's fetches: the answers without error, each with the
+    /// position it was fetched at, sorted by partition.
+    async fn fetch(&mut self, topic: &str, max_wait: Duration) -> Result<Vec<(FetchResult, i64)>> {
         // Resolve positions not yet known.
         let unknown: Vec<i32> = self
             .positions
@@ -209,25 +344,55 @@ impl Consumer {
         for partition in unknown {
             self.seek(partition, self.config.start).await?;
         }
-        // One fetch per owning shard.
+        let deadline = Instant::now() + max_wait;
+        let mut round = 0;
+        loop {
+            let (answers, refused) = self.fetch_round(topic, deadline).await?;
+            round += 1;
+            let now = Instant::now();
+            if !answers.is_empty() || !refused || round >= FETCH_ROUNDS_MAX || now >= deadline {
+                return Ok(answers);
+            }
+            // Everything was refused: once more against the leaders just
+            // learnt, after a short wait so a leaderless partition is not
+            // asked in a tight loop.
+            tokio::time::sleep(backoff(round - 1).min(deadline - now)).await;
+        }
+    }
+
+    /// One fetch per owning shard, concurrently, each a long poll until
+    /// `deadline`. Returns the answers without error (those with records
+    /// or at the end of the log) and whether some partition was refused
+    /// with a retriable error (then the metadata was refreshed or a hint
+    /// applied).
+    async fn fetch_round(
+        &self,
+        topic: &str,
+        deadline: Instant,
+    ) -> Result<(Vec<(FetchResult, i64)>, bool)> {
+        let mut refused = false;
+        let mut refresh = false;
         let mut by_addr: HashMap<String, Vec<(i32, i64)>> = HashMap::new();
         for (&partition, &position) in &self.positions {
             let Some(offset) = position else { continue };
-            match self.client.leader_addr(&topic, partition).await {
+            match self.fetch_addr(topic, partition).await {
                 Ok(addr) => by_addr.entry(addr).or_default().push((partition, offset)),
                 // No leader now: skip the partition this time.
                 Err(error) if error.is_retriable() => {
-                    let _ = self.client.refresh_topic(&topic).await;
+                    refused = true;
+                    refresh = true;
                 }
                 Err(error) => return Err(error),
             }
         }
+        let max_wait = deadline.saturating_duration_since(Instant::now());
         let max_wait_ms = u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX);
         let timeout = self.client.config().request_timeout + max_wait;
+        let allow_follower = matches!(self.config.read_from, ReadFrom::Replica(_));
         let mut fetches = JoinSet::new();
         for (addr, parts) in by_addr {
             let client = self.client.clone();
-            let topic = topic.clone();
+            let topic = topic.to_owned();
             let (min_bytes, partition_max, fetch_max) = (
                 self.config.fetch_min_bytes,
                 self.config.partition_bytes_max,
@@ -253,6 +418,7 @@ impl Consumer {
                                 max_wait_ms,
                                 min_bytes,
                                 fetch_max,
+                                allow_follower,
                                 &items,
                             )
                         },
@@ -268,9 +434,8 @@ impl Consumer {
             match joined {
                 Ok(Ok(results)) => answers.extend(results),
                 Ok(Err(error)) if error.is_retriable() => {
-                    if error.needs_metadata_refresh() {
-                        let _ = self.client.refresh_topic(&topic).await;
-                    }
+                    refused = true;
+                    refresh |= error.needs_metadata_refresh();
                 }
                 Ok(Err(error)) => {
                     first_error.get_or_insert(error);
@@ -285,24 +450,41 @@ impl Consumer {
             return Err(error);
         }
         answers.sort_by_key(|a| a.partition);
-        let mut out = Vec::new();
-        let mut refresh = false;
+        let mut out = Vec::with_capacity(answers.len());
         for answer in answers {
+            if answer.topic != topic {
+                continue;
+            }
             let Some(Some(position)) = self.positions.get(&answer.partition).copied() else {
                 continue;
             };
             match answer.error {
-                ErrorCode::None => {}
+                ErrorCode::None => out.push((answer, position)),
                 ErrorCode::OffsetOutOfRange => {
                     return Err(ClientError::OffsetOutOfRange {
-                        topic,
+                        topic: topic.to_owned(),
                         partition: answer.partition,
                         offset: position,
                     })
                 }
+                ErrorCode::NotLeader if matches!(self.config.read_from, ReadFrom::Replica(_)) => {
+                    // A replica asked for a follower read does not answer
+                    // NotLeader unless it will not serve one at all.
+                    return Err(ClientError::Broker {
+                        code: ErrorCode::NotLeader,
+                        message: Some(format!(
+                            "the replica refused a follower read of {topic}/{}{}",
+                            answer.partition,
+                            answer.message.map(|m| format!(": {m}")).unwrap_or_default()
+                        )),
+                    });
+                }
                 code if code.is_retriable() => {
-                    refresh = true;
-                    continue;
+                    refused = true;
+                    let moved = answer.leader_hint.as_ref().is_some_and(|hint| {
+                        self.client.apply_leader_hint(topic, answer.partition, hint)
+                    });
+                    refresh |= !moved;
                 }
                 code => {
                     return Err(ClientError::Broker {
@@ -311,27 +493,52 @@ impl Consumer {
                     })
                 }
             }
-            let next = decode_records(&topic, &answer, position, &mut out)?;
-            self.positions.insert(answer.partition, Some(next));
         }
         if refresh {
-            let _ = self.client.refresh_topic(&topic).await;
+            let _ = self.client.refresh_topic(topic).await;
         }
-        Ok(out)
+        Ok((out, refused))
     }
 }
 
-/// Appends the records of `answer` at or after `position` to `out`;
+/// Wait before lookup or fetch attempt `attempt + 1`: 50 ms, doubling, at
+/// most 1 s.
+fn backoff(attempt: u32) -> Duration {
+    let factor = 1u32 << attempt.min(5);
+    (LOOKUP_BACKOFF * factor).min(Duration::from_secs(1))
+}
+
+/// Appends the batches of `answer` that end after `position` to `out`;
 /// returns the new position. A batch cut short at the end of the records
-/// (a broker that trims to `max_bytes`) ends the decoding.
-fn decode_records(
-    topic: &str,
-    answer: &FetchResult,
-    position: i64,
-    out: &mut Vec<ConsumedRecord>,
-) -> Result<i64> {
-    let records = &answer.records;
+/// ends the decoding.
+fn decode_batches(answer: &FetchResult, position: i64, out: &mut Vec<FetchedBatch>) -> Result<i64> {
     let mut next = position;
+    for_each_batch(&answer.records, |bytes, batch| {
+        if batch.next_offset() <= next {
+            return Ok(());
+        }
+        out.push(FetchedBatch {
+            topic: answer.topic.clone(),
+            partition: answer.partition,
+            base_offset: batch.base_offset(),
+            next_offset: batch.next_offset(),
+            record_count: batch.record_count(),
+            is_control: batch.is_control(),
+            bytes: answer.records.slice_ref(bytes),
+        });
+        next = batch.next_offset();
+        Ok(())
+    })?;
+    Ok(next)
+}
+
+/// Calls `f` with the bytes and view of each whole batch of `records`, in
+/// order; a batch cut short at the end (a broker that trims to
+/// `max_bytes`) ends the walk.
+fn for_each_batch(
+    records: &[u8],
+    mut f: impl FnMut(&[u8], &RecordBatchView<'_>) -> Result<()>,
+) -> Result<()> {
     let mut at = 0;
     while records.len() - at >= LENGTH_PREFIX_BYTES {
         let length_bytes: [u8; 4] = records[at + 8..at + 12]
@@ -349,12 +556,28 @@ fn decode_records(
         at = end;
         let batch = RecordBatchView::parse(bytes)
             .map_err(|e| ClientError::protocol(format!("fetched batch: {e}")))?;
+        f(bytes, &batch)?;
+    }
+    Ok(())
+}
+
+/// Appends the records of `answer` at or after `position` to `out`;
+/// returns the new position. A batch cut short at the end of the records
+/// (a broker that trims to `max_bytes`) ends the decoding.
+fn decode_records(
+    topic: &str,
+    answer: &FetchResult,
+    position: i64,
+    out: &mut Vec<ConsumedRecord>,
+) -> Result<i64> {
+    let mut next = position;
+    for_each_batch(&answer.records, |_, batch| {
         if batch.next_offset() <= next {
-            continue;
+            return Ok(());
         }
         if batch.is_control() {
             next = batch.next_offset();
-            continue;
+            return Ok(());
         }
         for record in batch.records() {
             let record =
@@ -379,6 +602,7 @@ fn decode_records(
             });
         }
         next = next.max(batch.next_offset());
-    }
+        Ok(())
+    })?;
     Ok(next)
 }

@@ -1,4 +1,14 @@
 //! [`ClientError`]: every way a request of the SDK can fail.
+//!
+//! Three questions matter to a caller, and each has its method:
+//!
+//! * did the broker refuse, and with which wire code? [`ClientError::code`];
+//! * may the same request succeed if sent again? [`ClientError::is_retriable`];
+//! * for a produce: is it known whether the records were stored?
+//!   [`ClientError::is_outcome_unknown`]. A record that fails with any
+//!   other error was not appended (or was refused outright); one whose
+//!   outcome is unknown may or may not be in the log, and may still
+//!   become committed after the error was reported.
 
 use std::io;
 use std::sync::Arc;
@@ -46,21 +56,31 @@ pub enum ClientError {
         source: Arc<io::Error>,
     },
     /// The connection to `addr` broke (reset, closed by the broker, a write
-    /// failed) while the request was pending or before it could be sent.
-    /// Whether the broker executed the request is unknown.
-    #[error("connection to {addr} lost: {reason}")]
+    /// failed). With `request_sent` the request had been handed to the
+    /// connection for writing, so the broker may have read and executed
+    /// it: its outcome is unknown. Without, the connection was found
+    /// broken before any byte of the request was queued: the broker never
+    /// saw it.
+    #[error("connection to {addr} lost{}: {reason}", if *request_sent { " after the request was sent" } else { " before the request was sent" })]
     ConnectionLost {
         /// The broker's address, `host:port`.
         addr: String,
         /// What ended the connection.
         reason: String,
+        /// Whether the request had been queued for writing when the
+        /// connection broke.
+        request_sent: bool,
     },
-    /// No response came within the request's timeout. Whether the broker
-    /// executed the request is unknown.
-    #[error("no response within {after:?}")]
+    /// The request's timeout expired. With `request_sent` the request had
+    /// been handed to the connection and no response came: whether the
+    /// broker executed it is unknown. Without, it was still waiting for
+    /// room among the requests in flight: the broker never saw it.
+    #[error("{} within {after:?}", if *request_sent { "no response" } else { "no room to send the request" })]
     Timeout {
         /// The timeout that expired.
         after: Duration,
+        /// Whether the request had been queued for writing.
+        request_sent: bool,
     },
     /// The broker sent bytes that break the protocol (a frame that does not
     /// verify, a response of the wrong api, a corrupt record batch). The
@@ -74,6 +94,19 @@ pub enum ClientError {
     /// The producer or client was closed.
     #[error("closed")]
     Closed,
+    /// A Produce request reached (or may have reached) the broker but its
+    /// outcome cannot be known: the broker answered RequestTimedOut (the
+    /// append goes on and may still commit), no response came within the
+    /// request timeout, the connection broke after the request was sent, or
+    /// the response could not be read. The records may or may not be in
+    /// the log. The producer does not retry such a batch, since a retry
+    /// could store the records twice; the caller decides (read the
+    /// partition back, or send again accepting a duplicate).
+    #[error("outcome unknown, the records may or may not have been appended: {cause}")]
+    OutcomeUnknown {
+        /// What happened to the request.
+        cause: Box<ClientError>,
+    },
 }
 
 impl ClientError {
@@ -85,11 +118,13 @@ impl ClientError {
         }
     }
 
-    /// The wire error code, for errors the broker answered with.
+    /// The wire error code, for errors the broker answered with (also when
+    /// wrapped in [`ClientError::OutcomeUnknown`]).
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             Self::Broker { code, .. } => Some(*code),
             Self::OffsetOutOfRange { .. } => Some(ErrorCode::OffsetOutOfRange),
+            Self::OutcomeUnknown { cause } => cause.code(),
             _ => None,
         }
     }
@@ -97,11 +132,57 @@ impl ClientError {
     /// True if the same request may succeed when sent again, after a
     /// metadata refresh, a reconnect or a backoff: retriable wire codes
     /// ([`ErrorCode::is_retriable`]), timeouts, lost connections and failed
-    /// connects.
+    /// connects. For requests that change nothing (metadata, fetch) that is
+    /// the whole story; a produce is retried only when it is also known not
+    /// to have been appended (see [`is_outcome_unknown`](Self::is_outcome_unknown)).
+    /// [`ClientError::OutcomeUnknown`] itself is not retriable: it is what
+    /// the producer reports once it decided not to retry.
     pub fn is_retriable(&self) -> bool {
         match self {
             Self::Broker { code, .. } => code.is_retriable(),
             Self::Timeout { .. } | Self::ConnectionLost { .. } | Self::Connect { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// True if the request may have been executed although it failed, so
+    /// whether its records were stored is unknown:
+    /// [`ClientError::OutcomeUnknown`], a broker's RequestTimedOut, a
+    /// [`ClientError::Timeout`] or a connection lost after the request was
+    /// sent, and a response that broke the protocol. False for every
+    /// refusal the broker sent about work it did not do and for failures
+    /// before anything was sent (a failed connect).
+    pub fn is_outcome_unknown(&self) -> bool {
+        match self {
+            Self::OutcomeUnknown { .. } | Self::Protocol(_) => true,
+            Self::Broker { code, .. } => *code == ErrorCode::RequestTimedOut,
+            Self::ConnectionLost { request_sent, .. } | Self::Timeout { request_sent, .. } => {
+                *request_sent
+            }
+            _ => false,
+        }
+    }
+
+    /// True if a produce that failed with this error is known not to have
+    /// been appended and may be sent again as it is: NotLeader,
+    /// LeaderNotAvailable, BrokerShuttingDown, Throttled and
+    /// NotEnoughReplicas (the broker sends them only for batches it did not
+    /// append), a failed connect and a connection found broken before the
+    /// request was sent.
+    pub fn is_safe_to_resend(&self) -> bool {
+        match self {
+            Self::Broker { code, .. } => matches!(
+                *code,
+                ErrorCode::NotLeader
+                    | ErrorCode::LeaderNotAvailable
+                    | ErrorCode::BrokerShuttingDown
+                    | ErrorCode::Throttled
+                    | ErrorCode::NotEnoughReplicas
+            ),
+            Self::Connect { .. } => true,
+            Self::ConnectionLost { request_sent, .. } | Self::Timeout { request_sent, .. } => {
+                !*request_sent
+            }
             _ => false,
         }
     }

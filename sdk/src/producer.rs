@@ -23,16 +23,34 @@
 //! larger requests instead of one per partition. The response has one
 //! outcome per item, in request order, and each goes back to its batch.
 //!
-//! Each batch keeps its own retries: a retriable failure of its item
-//! (NotLeader, LeaderNotAvailable, RequestTimedOut, BrokerShuttingDown, a
-//! lost connection, a request timeout, ...) refreshes the topic's metadata
-//! when leadership may have moved, waits a backoff and sends the same
-//! bytes again, to the leader the metadata names then, possibly in a
-//! grouped request with other batches, up to `retries` times; the other
-//! items of the failed request are not resent. Every record of the batch
-//! then resolves exactly once, with its offset (the base offset the broker
-//! assigned plus its index in the batch) or with the batch's error. With
-//! [`Acks::None`] a request is resolved once it is queued for writing.
+//! Each batch keeps its own retries, and retries only what is known not to
+//! have been appended. The broker answers NotLeader, LeaderNotAvailable,
+//! BrokerShuttingDown, Throttled and NotEnoughReplicas only for batches it
+//! did not append, and a failed connect (or a connection found broken
+//! before the request was queued) sent nothing: such a batch is sent again,
+//! the same bytes, possibly in a grouped request with other batches; the
+//! other items of the failed request are not resent. A NotLeader that names
+//! the new leader (a `LeaderHint` not older than the cached leadership) updates
+//! the cached leader and is retried there at once; the others refresh the
+//! topic's metadata when leadership may have moved and wait a backoff
+//! (doubling from `retry_backoff` up to `retry_backoff_max`, at least the
+//! broker's throttle time). Retries stop after `retries` of them or once
+//! the next would start more than `delivery_timeout` after the batch's
+//! first attempt; the records then fail with the last error.
+//!
+//! A batch whose outcome cannot be known is never sent again, since that
+//! could store it twice: the broker's RequestTimedOut (its append goes on
+//! and may still commit), no response within the request timeout, a
+//! connection lost after the request was queued, a response that cannot be
+//! read. Its records fail with [`ClientError::OutcomeUnknown`]
+//! ([`ClientError::is_outcome_unknown`]). Every other failure (a refusal
+//! such as CorruptBatch or UnknownTopic, retries exhausted) means the
+//! records were not appended.
+//!
+//! Every record of a batch resolves exactly once, with its offset (the
+//! base offset the broker assigned plus its index in the batch) or with the
+//! batch's error. With [`Acks::None`] a request is resolved once it is
+//! queued for writing.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -49,7 +67,7 @@ use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::client::Client;
-use crate::codec::{self, ProduceItem, ProduceResult};
+use crate::codec::{self, LeaderHint, ProduceItem, ProduceResult};
 use crate::config::{Acks, ClientConfig, Partitioner, ProducerConfig};
 use crate::error::{ClientError, Result};
 use crate::partitioner::key_partition;
@@ -138,6 +156,15 @@ pub struct RecordMetadata {
 #[derive(Debug)]
 pub struct Delivery {
     rx: oneshot::Receiver<Result<RecordMetadata>>,
+    partition: i32,
+}
+
+impl Delivery {
+    /// The partition the record was queued for, known before the outcome
+    /// (and so also when the record fails).
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
 }
 
 impl Future for Delivery {
@@ -200,7 +227,14 @@ struct Attempted {
     batch: Vec<u8>,
     /// Base offset and log-append time of the batch.
     result: Result<(i64, i64)>,
+    /// With NotLeader: where the broker says the leader is.
+    hint: Option<LeaderHint>,
+    /// How long the broker asked the client to wait (response header).
+    throttle: Duration,
 }
+
+/// A Produce response's items and the throttle time of its header.
+type GroupResponse = Option<(Vec<ProduceResult>, Duration)>;
 
 /// The Produce requests to one broker shard, that is to one connection of
 /// the [`Client`]: the batches waiting for a request and the drivers
@@ -262,6 +296,55 @@ fn item_outcome(
         });
     }
     Ok((result.base_offset, result.log_append_time_ms))
+}
+
+/// What to do after a failed attempt of a batch.
+#[derive(Debug)]
+enum Next {
+    /// Send again at once: the cached leader moved to where a hint said.
+    RetryNow,
+    /// Send again after a backoff, refreshing the metadata first if set.
+    RetryAfter {
+        /// Refresh the topic's metadata before the retry.
+        refresh: bool,
+        /// Wait at least this long (the broker's throttle time).
+        at_least: Duration,
+    },
+    /// The records fail with this error.
+    Fail(ClientError),
+}
+
+/// Judges a failed attempt: `retries_left` says whether the batch may be
+/// sent again at all; `hint_moved` whether a NotLeader's hint changed the
+/// cached leader. The caller still checks the delivery timeout.
+fn judge(error: ClientError, retries_left: bool, hint_moved: bool, throttle: Duration) -> Next {
+    if error.is_outcome_unknown() {
+        let error = match error {
+            unknown @ ClientError::OutcomeUnknown { .. } => unknown,
+            cause => ClientError::OutcomeUnknown {
+                cause: Box::new(cause),
+            },
+        };
+        return Next::Fail(error);
+    }
+    if !error.is_safe_to_resend() || !retries_left {
+        return Next::Fail(error);
+    }
+    match error.code() {
+        Some(ErrorCode::NotLeader) if hint_moved => Next::RetryNow,
+        Some(ErrorCode::Throttled) => Next::RetryAfter {
+            refresh: false,
+            at_least: throttle,
+        },
+        Some(ErrorCode::NotEnoughReplicas) => Next::RetryAfter {
+            refresh: false,
+            at_least: Duration::ZERO,
+        },
+        _ => Next::RetryAfter {
+            refresh: true,
+            at_least: Duration::ZERO,
+        },
+    }
 }
 
 #[derive(Debug)]
@@ -371,7 +454,7 @@ impl Producer {
         };
         let partition = core.choose_partition(&record, count)?;
         let sender = core.queue(&record.topic, partition);
-        let (pending, delivery) = core.pending(record);
+        let (pending, delivery) = core.pending(record, partition);
         core.outstanding.fetch_add(1, Ordering::AcqRel);
         if let Err(mpsc::error::SendError(cmd)) = sender.send(Cmd::Record(pending)).await {
             core.fail_cmd(cmd, ClientError::Closed);
@@ -392,7 +475,7 @@ impl Producer {
             Err(error) => return Attempt::Fail(error),
         };
         let sender = core.queue(&record.topic, partition);
-        let (pending, delivery) = core.pending(record);
+        let (pending, delivery) = core.pending(record, partition);
         core.outstanding.fetch_add(1, Ordering::AcqRel);
         match sender.try_send(Cmd::Record(pending)) {
             Ok(()) => Attempt::Queued(delivery),
@@ -466,7 +549,7 @@ impl Core {
         }
     }
 
-    fn pending(&self, record: ProducerRecord) -> (Pending, Delivery) {
+    fn pending(&self, record: ProducerRecord, partition: i32) -> (Pending, Delivery) {
         let (reply, rx) = oneshot::channel();
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
         (
@@ -475,7 +558,7 @@ impl Core {
                 timestamp,
                 reply,
             },
-            Delivery { rx },
+            Delivery { rx, partition },
         )
     }
 
@@ -540,8 +623,9 @@ impl Core {
             .min(self.config.retry_backoff_max)
     }
 
-    /// Sends one batch, retrying retriable errors, and resolves its records;
-    /// gives the batch's buffer back for reuse.
+    /// Sends one batch, retrying what is known not to have been appended
+    /// (see the module docs), and resolves its records; gives the batch's
+    /// buffer back for reuse.
     async fn send_batch(
         self: &Arc<Self>,
         topic: Arc<str>,
@@ -549,23 +633,43 @@ impl Core {
         mut batch: Vec<u8>,
         records: Vec<(Reply, i64)>,
     ) -> Vec<u8> {
-        let mut attempt = 0;
+        let deadline = Instant::now() + self.config.delivery_timeout;
+        let mut retried = 0u32;
+        let mut backoffs = 0u32;
         let result = loop {
-            let (returned, result) = self.produce_once(&topic, partition, batch).await;
-            batch = returned;
-            match result {
+            let attempted = self.produce_once(&topic, partition, batch).await;
+            batch = attempted.batch;
+            let error = match attempted.result {
                 Ok(ack) => break Ok(ack),
-                Err(error) if error.is_retriable() && attempt < self.config.retries => {
-                    tracing::debug!(%topic, partition, attempt, %error, "retrying batch");
-                    if error.needs_metadata_refresh() {
+                Err(error) => error,
+            };
+            let hint_moved = attempted
+                .hint
+                .as_ref()
+                .is_some_and(|hint| self.client.apply_leader_hint(&topic, partition, hint));
+            let retries_left = retried < self.config.retries;
+            match judge(error.clone(), retries_left, hint_moved, attempted.throttle) {
+                Next::Fail(error) => break Err(error),
+                // No retry starts after the delivery timeout.
+                Next::RetryNow if Instant::now() >= deadline => break Err(error),
+                Next::RetryNow => {
+                    tracing::debug!(%topic, partition, retried, %error, "retrying batch at the hinted leader");
+                }
+                Next::RetryAfter { refresh, at_least } => {
+                    let wait = self.backoff(backoffs).max(at_least);
+                    if Instant::now() + wait > deadline {
+                        break Err(error);
+                    }
+                    tracing::debug!(%topic, partition, retried, %error, "retrying batch");
+                    if refresh {
                         // A failed refresh shows up in the retry.
                         let _ = self.client.refresh_topic(&topic).await;
                     }
-                    tokio::time::sleep(self.backoff(attempt)).await;
-                    attempt += 1;
+                    tokio::time::sleep(wait).await;
+                    backoffs += 1;
                 }
-                Err(error) => break Err(error),
             }
+            retried += 1;
         };
         match result {
             Ok((base_offset, log_append_time)) => {
@@ -603,10 +707,17 @@ impl Core {
         topic: &Arc<str>,
         partition: i32,
         batch: Vec<u8>,
-    ) -> (Vec<u8>, Result<(i64, i64)>) {
+    ) -> Attempted {
         let addr = match self.client.leader_addr(topic, partition).await {
             Ok(addr) => addr,
-            Err(error) => return (batch, Err(error)),
+            Err(error) => {
+                return Attempted {
+                    batch,
+                    result: Err(error),
+                    hint: None,
+                    throttle: Duration::ZERO,
+                }
+            }
         };
         let (done, outcome) = oneshot::channel();
         self.submit(
@@ -619,10 +730,15 @@ impl Core {
             },
         );
         match outcome.await {
-            Ok(Attempted { batch, result }) => (batch, result),
+            Ok(attempted) => attempted,
             // The driver was dropped with the batch: only when the runtime
             // shuts down.
-            Err(_) => (Vec::new(), Err(ClientError::Closed)),
+            Err(_) => Attempted {
+                batch: Vec::new(),
+                result: Err(ClientError::Closed),
+                hint: None,
+                throttle: Duration::ZERO,
+            },
         }
     }
 
@@ -680,29 +796,29 @@ impl Core {
             }
             let response = self.produce_group(&route.addr, &group).await;
             for (index, submission) in group.drain(..).enumerate() {
-                let result = match &response {
-                    Ok(None) => Ok((-1, -1)),
-                    Ok(Some(results)) => {
-                        item_outcome(results, index, &submission.topic, submission.partition)
-                    }
-                    Err(error) => Err(error.clone()),
+                let (result, hint, throttle) = match &response {
+                    Ok(None) => (Ok((-1, -1)), None, Duration::ZERO),
+                    Ok(Some((results, throttle))) => (
+                        item_outcome(results, index, &submission.topic, submission.partition),
+                        results.get(index).and_then(|r| r.leader_hint.clone()),
+                        *throttle,
+                    ),
+                    Err(error) => (Err(error.clone()), None, Duration::ZERO),
                 };
                 // The batch's task may be gone (the runtime shutting down).
                 let _ = submission.done.send(Attempted {
                     batch: submission.batch,
                     result,
+                    hint,
+                    throttle,
                 });
             }
         }
     }
 
     /// One Produce request carrying the batches of `group`: the response's
-    /// items, or `None` with [`Acks::None`].
-    async fn produce_group(
-        &self,
-        addr: &str,
-        group: &[Submission],
-    ) -> Result<Option<Vec<ProduceResult>>> {
+    /// items and throttle time, or `None` with [`Acks::None`].
+    async fn produce_group(&self, addr: &str, group: &[Submission]) -> Result<GroupResponse> {
         let conn = self.client.connection(addr).await?;
         let items: Vec<ProduceItem<'_>> = group
             .iter()
@@ -723,7 +839,9 @@ impl Core {
         }
         let timeout = self.client.config().request_timeout + self.config.ack_timeout;
         let response = conn.request_with_timeout(build, timeout).await?;
-        Ok(Some(codec::decode_produce(&response)?))
+        let throttle =
+            Duration::from_millis(u64::from(response.response().header().throttle_time_ms()));
+        Ok(Some((codec::decode_produce(&response)?, throttle)))
     }
 }
 
@@ -925,6 +1043,7 @@ mod tests {
             message: None,
             base_offset,
             log_append_time_ms: 7,
+            leader_hint: None,
         }
     }
 
@@ -945,6 +1064,120 @@ mod tests {
         for (index, topic, partition) in [(3, "a", 0), (0, "b", 0), (1, "b", 1)] {
             let error = item_outcome(&results, index, topic, partition).unwrap_err();
             assert!(matches!(error, ClientError::Protocol(_)), "{error:?}");
+        }
+    }
+
+    /// What [`judge`] decides, in words a table can hold.
+    fn decision(next: &Next) -> String {
+        match next {
+            Next::RetryNow => "now".to_owned(),
+            Next::RetryAfter { refresh, at_least } => {
+                format!(
+                    "after refresh={refresh} at_least={}ms",
+                    at_least.as_millis()
+                )
+            }
+            Next::Fail(error) if error.is_outcome_unknown() => {
+                assert!(
+                    matches!(error, ClientError::OutcomeUnknown { .. }),
+                    "{error:?}"
+                );
+                "unknown".to_owned()
+            }
+            Next::Fail(error) => format!("fail {:?}", error.code()),
+        }
+    }
+
+    #[test]
+    fn judge_retries_only_what_was_not_appended() {
+        let broker = |code| ClientError::broker(code, None);
+        let lost = |request_sent| ClientError::ConnectionLost {
+            addr: "a".into(),
+            reason: "reset".into(),
+            request_sent,
+        };
+        let timeout = |request_sent| ClientError::Timeout {
+            after: Duration::from_secs(1),
+            request_sent,
+        };
+        let connect = ClientError::Connect {
+            addr: "a".into(),
+            source: Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        };
+        let throttle = Duration::from_millis(200);
+        // Error, retries left, hint moved the leader, decision.
+        let cases: Vec<(ClientError, bool, bool, &str)> = vec![
+            (broker(ErrorCode::NotLeader), true, true, "now"),
+            (
+                broker(ErrorCode::NotLeader),
+                true,
+                false,
+                "after refresh=true at_least=0ms",
+            ),
+            (
+                broker(ErrorCode::LeaderNotAvailable),
+                true,
+                false,
+                "after refresh=true at_least=0ms",
+            ),
+            (
+                broker(ErrorCode::BrokerShuttingDown),
+                true,
+                false,
+                "after refresh=true at_least=0ms",
+            ),
+            (
+                broker(ErrorCode::Throttled),
+                true,
+                false,
+                "after refresh=false at_least=200ms",
+            ),
+            (
+                broker(ErrorCode::NotEnoughReplicas),
+                true,
+                false,
+                "after refresh=false at_least=0ms",
+            ),
+            (connect, true, false, "after refresh=true at_least=0ms"),
+            (lost(false), true, false, "after refresh=true at_least=0ms"),
+            (
+                timeout(false),
+                true,
+                false,
+                "after refresh=true at_least=0ms",
+            ),
+            // Nothing left to retry with: the error itself, not unknown.
+            (
+                broker(ErrorCode::NotLeader),
+                false,
+                true,
+                "fail Some(NotLeader)",
+            ),
+            // The outcome cannot be known: never retried.
+            (broker(ErrorCode::RequestTimedOut), true, false, "unknown"),
+            (lost(true), true, false, "unknown"),
+            (timeout(true), true, false, "unknown"),
+            (ClientError::protocol("garbled"), true, false, "unknown"),
+            (broker(ErrorCode::RequestTimedOut), false, false, "unknown"),
+            // Refused for sure.
+            (
+                broker(ErrorCode::CorruptBatch),
+                true,
+                false,
+                "fail Some(CorruptBatch)",
+            ),
+            (
+                broker(ErrorCode::UnknownTopic),
+                true,
+                false,
+                "fail Some(UnknownTopic)",
+            ),
+            (ClientError::Closed, true, false, "fail None"),
+        ];
+        for (error, retries_left, hint_moved, expected) in cases {
+            let shown = format!("{error:?}");
+            let next = judge(error, retries_left, hint_moved, throttle);
+            assert_eq!(decision(&next), expected, "{shown}");
         }
     }
 }

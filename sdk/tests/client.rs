@@ -517,7 +517,7 @@ async fn a_request_without_answer_times_out_with_a_typed_error() {
         let admin = Admin::connect(cfg).await.unwrap();
         let error = admin.list_topics().await.unwrap_err();
         assert!(
-            matches!(error, ClientError::Timeout { after } if after == Duration::from_millis(200)),
+            matches!(error, ClientError::Timeout { after, request_sent: true } if after == Duration::from_millis(200)),
             "{error:?}"
         );
         assert!(error.is_retriable());

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use shardmq_client::{
-    Acks, Admin, Client, ClientConfig, Consumer, ConsumerConfig, Delivery, ErrorCode, Producer,
-    ProducerConfig, ProducerRecord, SeekTo,
+    Acks, Admin, Client, ClientConfig, ClientError, Consumer, ConsumerConfig, Delivery, Producer,
+    ProducerConfig, ProducerRecord, ReadFrom, RecordMetadata, ReplicasDescription, SeekTo,
 };
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 
+use crate::compare::{self, Comparison};
+use crate::describe;
 use crate::error::{CtlError, Result};
 
 /// Deliveries awaited in input order at most this far behind the input.
@@ -35,16 +37,16 @@ fn flush(out: &mut impl Write) -> Result<()> {
     })
 }
 
-/// A client configuration for one bootstrap address.
-pub fn client_config(bootstrap: &str) -> ClientConfig {
-    let mut config = ClientConfig::new([bootstrap]);
+/// A client configuration for these bootstrap addresses (tried in order).
+pub fn client_config(bootstrap: &[String]) -> ClientConfig {
+    let mut config = ClientConfig::new(bootstrap.iter().cloned());
     config.client_id = "shardmqctl".to_owned();
     config
 }
 
 /// `topic create`.
 pub async fn topic_create(
-    bootstrap: &str,
+    bootstrap: &[String],
     name: &str,
     partitions: i32,
     replication_factor: i16,
@@ -63,7 +65,7 @@ pub async fn topic_create(
 }
 
 /// `topic list`: `NAME partitions=P replication-factor=R` per topic.
-pub async fn topic_list(bootstrap: &str, out: &mut impl Write) -> Result<()> {
+pub async fn topic_list(bootstrap: &[String], out: &mut impl Write) -> Result<()> {
     let admin = Admin::connect(client_config(bootstrap)).await?;
     for topic in admin.list_topics().await? {
         emit(
@@ -77,74 +79,92 @@ pub async fn topic_list(bootstrap: &str, out: &mut impl Write) -> Result<()> {
     Ok(())
 }
 
-fn describe_partitions(
+/// `topic describe`: the topic, each partition, and each replica's state
+/// as its broker reports it ([`describe::render_topic_text`]), or one JSON
+/// object ([`describe::render_topic_json`]).
+pub async fn topic_describe(
+    bootstrap: &[String],
+    name: &str,
+    json: bool,
     out: &mut impl Write,
-    topic: &shardmq_client::TopicInfo,
-    brokers: &[shardmq_client::BrokerInfo],
 ) -> Result<()> {
-    for p in &topic.partitions {
-        let host = brokers
-            .iter()
-            .find(|b| b.node_id == p.leader_node_id)
-            .map_or("?", |b| b.host.as_str());
-        let mut line = format!(
-            "  partition={} leader={} shard={} port={} host={host} replicas={:?} epoch={}",
-            p.partition, p.leader_node_id, p.leader_shard, p.shard_port, p.replicas, p.leader_epoch
-        );
-        if p.error != ErrorCode::None {
-            line.push_str(&format!(" error={:?}", p.error));
-        }
-        emit(out, format_args!("{line}"))?;
-    }
-    Ok(())
-}
-
-/// `topic describe`: the topic, then one line per partition.
-pub async fn topic_describe(bootstrap: &str, name: &str, out: &mut impl Write) -> Result<()> {
     let client = Client::connect(client_config(bootstrap)).await?;
-    let admin = Admin::new(client.clone());
-    let info = admin.describe_topic(name).await?;
-    let metadata = client.metadata(Some(&[])).await?;
-    emit(
-        out,
-        format_args!("topic {} partitions={}", info.name, info.partitions.len()),
-    )?;
-    describe_partitions(out, &info, &metadata.brokers)
+    let report = describe::topic_report(&client, name).await?;
+    if json {
+        emit(
+            out,
+            format_args!("{}", describe::render_topic_json(&report)),
+        )
+    } else {
+        describe::render_topic_text(&report, out)
+    }
 }
 
 /// `topic delete`.
-pub async fn topic_delete(bootstrap: &str, name: &str, out: &mut impl Write) -> Result<()> {
+pub async fn topic_delete(bootstrap: &[String], name: &str, out: &mut impl Write) -> Result<()> {
     let admin = Admin::connect(client_config(bootstrap)).await?;
     admin.delete_topic(name).await?;
     emit(out, format_args!("deleted topic {name}"))
 }
 
-/// `cluster describe`: brokers, then topics with their partitions.
-pub async fn cluster_describe(bootstrap: &str, out: &mut impl Write) -> Result<()> {
+/// `cluster describe`: brokers, the controller, then topics with their
+/// partitions ([`describe::render_cluster_text`]), or one JSON object
+/// ([`describe::render_cluster_json`]).
+pub async fn cluster_describe(
+    bootstrap: &[String],
+    json: bool,
+    out: &mut impl Write,
+) -> Result<()> {
     let admin = Admin::connect(client_config(bootstrap)).await?;
-    let metadata = admin.metadata().await?;
-    emit(out, format_args!("brokers={}", metadata.brokers.len()))?;
-    for broker in &metadata.brokers {
+    let report = describe::cluster_report(&admin).await?;
+    if json {
+        emit(
+            out,
+            format_args!("{}", describe::render_cluster_json(&report)),
+        )
+    } else {
+        describe::render_cluster_text(&report, out)
+    }
+}
+
+/// `partition transfer-leader`: moves the partition's leadership to the
+/// replica on `to_node` and prints `partition TOPIC/P leader=N`, or, when
+/// the broker answered before the move was done (a timeout of 0),
+/// `partition TOPIC/P leader=L (transfer to N accepted)`.
+pub async fn transfer_leader(
+    bootstrap: &[String],
+    topic: &str,
+    partition: i32,
+    to_node: i32,
+    timeout: Duration,
+    out: &mut impl Write,
+) -> Result<()> {
+    let admin = Admin::connect(client_config(bootstrap)).await?;
+    let leader = admin
+        .transfer_leader(topic, partition, to_node, timeout)
+        .await
+        .map_err(|source| CtlError::Op {
+            op: format!("transfer of the leadership of {topic}/{partition} to node {to_node}"),
+            source,
+        })?;
+    if leader == to_node {
+        emit(
+            out,
+            format_args!("partition {topic}/{partition} leader={leader}"),
+        )
+    } else {
+        let shown = if leader < 0 {
+            "none".to_owned()
+        } else {
+            leader.to_string()
+        };
         emit(
             out,
             format_args!(
-                "broker node={} address={}:{}",
-                broker.node_id, broker.host, broker.port
+                "partition {topic}/{partition} leader={shown} (transfer to {to_node} accepted)"
             ),
-        )?;
+        )
     }
-    let mut topics = metadata.topics.clone();
-    topics.sort_by(|a, b| a.name.cmp(&b.name));
-    emit(out, format_args!("topics={}", topics.len()))?;
-    for topic in &topics {
-        let mut line = format!("topic {} partitions={}", topic.name, topic.partitions.len());
-        if topic.error != ErrorCode::None {
-            line.push_str(&format!(" error={:?}", topic.error));
-        }
-        emit(out, format_args!("{line}"))?;
-        describe_partitions(out, topic, &metadata.brokers)?;
-    }
-    Ok(())
 }
 
 /// Options of `produce`.
@@ -162,14 +182,39 @@ pub struct ProduceOptions {
     pub report_acks: bool,
 }
 
-/// `produce`: one record per line of `input`. Returns the number of
-/// records acknowledged.
+/// How the records of a `produce` run ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProduceSummary {
+    /// Records acknowledged.
+    pub acknowledged: u64,
+    /// Records whose outcome is unknown (they may or may not be stored).
+    pub unknown: u64,
+    /// Records refused for sure (not stored).
+    pub failed: u64,
+}
+
+impl ProduceSummary {
+    /// Records read from the input.
+    pub fn total(&self) -> u64 {
+        self.acknowledged + self.unknown + self.failed
+    }
+}
+
+/// `produce`: one record per line of `input`.
+///
+/// Without `report_acks` the first record that fails ends the command
+/// with its error. With it, each acknowledged record is printed on `out`
+/// as `<partition> <offset> <line>`, each record whose outcome is unknown
+/// on `err` as `unknown <partition> <line>: <reason>`, each refused one as
+/// `failed <partition> <line>: <reason>`, and producing goes on with the
+/// rest; the lines come in input order. Returns the counts.
 pub async fn produce(
-    bootstrap: &str,
+    bootstrap: &[String],
     options: &ProduceOptions,
     input: impl AsyncRead + Unpin,
     out: &mut impl Write,
-) -> Result<u64> {
+    err: &mut impl Write,
+) -> Result<ProduceSummary> {
     let config = ProducerConfig {
         acks: options.acks,
         ..ProducerConfig::default()
@@ -179,7 +224,7 @@ pub async fn produce(
     producer.client().topic(&options.topic).await?;
     let mut lines = BufReader::new(input).lines();
     let mut pending: VecDeque<(Delivery, String)> = VecDeque::new();
-    let mut acked = 0u64;
+    let mut summary = ProduceSummary::default();
     let mut line_no = 0u64;
     let result = async {
         while let Some(line) = lines.next_line().await.map_err(|source| CtlError::Stdio {
@@ -213,30 +258,92 @@ pub async fn produce(
             pending.push_back((delivery, line));
             if pending.len() >= PRODUCE_WINDOW {
                 if let Some((delivery, line)) = pending.pop_front() {
-                    acked += report(delivery, &line, options.report_acks, out).await?;
+                    report(delivery, &line, options.report_acks, out, err, &mut summary).await?;
                 }
             }
         }
         producer.flush().await;
         while let Some((delivery, line)) = pending.pop_front() {
-            acked += report(delivery, &line, options.report_acks, out).await?;
+            report(delivery, &line, options.report_acks, out, err, &mut summary).await?;
         }
         flush(out)
     }
     .await;
     producer.close().await;
-    result.map(|()| acked)
+    result.map(|()| summary)
 }
 
-async fn report(delivery: Delivery, line: &str, print: bool, out: &mut impl Write) -> Result<u64> {
-    let metadata = delivery.await?;
-    if print {
-        emit(
-            out,
-            format_args!("{} {} {line}", metadata.partition, metadata.offset),
-        )?;
+/// How `produce --report-acks` reports one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reported {
+    /// Acknowledged: this line goes to stdout.
+    Acknowledged(String),
+    /// Outcome unknown: this line goes to stderr.
+    Unknown(String),
+    /// Refused for sure: this line goes to stderr.
+    Failed(String),
+}
+
+/// The report of one record queued for `partition` from input `line`:
+/// `<partition> <offset> <line>`, `unknown <partition> <line>: <reason>`
+/// or `failed <partition> <line>: <reason>`.
+pub fn report_line(
+    partition: i32,
+    line: &str,
+    outcome: &std::result::Result<RecordMetadata, ClientError>,
+) -> Reported {
+    match outcome {
+        Ok(metadata) => {
+            Reported::Acknowledged(format!("{} {} {line}", metadata.partition, metadata.offset))
+        }
+        Err(error) => {
+            let reason = describe::one_line(error);
+            if error.is_outcome_unknown() {
+                Reported::Unknown(format!("unknown {partition} {line}: {reason}"))
+            } else {
+                Reported::Failed(format!("failed {partition} {line}: {reason}"))
+            }
+        }
     }
-    Ok(1)
+}
+
+/// Waits for one record's outcome and reports it (see [`produce`]).
+async fn report(
+    delivery: Delivery,
+    line: &str,
+    report_acks: bool,
+    out: &mut impl Write,
+    err: &mut impl Write,
+    summary: &mut ProduceSummary,
+) -> Result<()> {
+    let partition = delivery.partition();
+    let outcome = delivery.await;
+    if !report_acks {
+        // Without reports the first failure ends the command.
+        outcome?;
+        summary.acknowledged += 1;
+        return Ok(());
+    }
+    let to_stderr = |err: &mut dyn Write, text: &str| {
+        writeln!(err, "{text}").map_err(|source| CtlError::Stdio {
+            what: "write to stderr",
+            source,
+        })
+    };
+    match report_line(partition, line, &outcome) {
+        Reported::Acknowledged(text) => {
+            summary.acknowledged += 1;
+            emit(out, format_args!("{text}"))
+        }
+        Reported::Unknown(text) => {
+            summary.unknown += 1;
+            to_stderr(err, &text)
+        }
+        Reported::Failed(text) => {
+            summary.failed += 1;
+            to_stderr(err, &text)
+        }
+    }
 }
 
 /// Where `consume` starts.
@@ -267,13 +374,17 @@ pub struct ConsumeOptions {
     pub follow: bool,
     /// Prefix each value with `<partition> <offset> `.
     pub print_offsets: bool,
+    /// Read the replicas of this node (follower reads) instead of the
+    /// leaders.
+    pub from_node: Option<i32>,
 }
 
 /// `consume`: writes one value per line. Without `follow` it stops when
 /// every consumed partition reached the end it had when the command
-/// started. Returns the number of records written.
+/// started (with `from_node`, that node's high watermark). Returns the
+/// number of records written.
 pub async fn consume(
-    bootstrap: &str,
+    bootstrap: &[String],
     options: &ConsumeOptions,
     out: &mut impl Write,
 ) -> Result<u64> {
@@ -286,6 +397,9 @@ pub async fn consume(
     };
     let config = ConsumerConfig {
         start,
+        read_from: options
+            .from_node
+            .map_or(ReadFrom::Leader, ReadFrom::Replica),
         ..ConsumerConfig::default()
     };
     let mut consumer = Consumer::new(client.clone(), config.clone());
@@ -351,6 +465,120 @@ pub async fn consume(
     Ok(written)
 }
 
+/// How `compare-replicas` ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompareSummary {
+    /// Partitions compared.
+    pub partitions: usize,
+    /// Partitions whose replicas differ or could not all be read.
+    pub bad: usize,
+}
+
+/// `topic compare-replicas`: for each partition (or only `partition`),
+/// reads every replica from the highest log start offset among them up to
+/// the lowest high watermark among them and compares them batch by batch
+/// ([`compare::compare_streams`]); prints one line per partition
+/// ([`compare::comparison_line`]).
+pub async fn compare_replicas(
+    bootstrap: &[String],
+    topic: &str,
+    partition: Option<i32>,
+    out: &mut impl Write,
+) -> Result<CompareSummary> {
+    let client = Client::connect(client_config(bootstrap)).await?;
+    let info = client.refresh_topic(topic).await?;
+    let partitions: Vec<_> = match partition {
+        None => info.partitions.iter().collect(),
+        Some(p) => vec![info
+            .partition(p)
+            .ok_or_else(|| CtlError::Usage(format!("topic {topic} has no partition {p}")))?],
+    };
+    let mut nodes: Vec<i32> = partitions
+        .iter()
+        .flat_map(|p| p.replicas.iter().map(|r| r.node_id))
+        .collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    let described = describe::describe_nodes(&client, &nodes, topic).await;
+    let mut summary = CompareSummary::default();
+    for p in partitions {
+        summary.partitions += 1;
+        let replica_nodes: Vec<i32> = p.replicas.iter().map(|r| r.node_id).collect();
+        let line = compare_partition(&client, topic, p.partition, &replica_nodes, &described).await;
+        if !line.1 {
+            summary.bad += 1;
+        }
+        emit(out, format_args!("{}", line.0))?;
+        flush(out)?;
+    }
+    Ok(summary)
+}
+
+/// One partition of `compare-replicas`: its line, and whether the
+/// replicas are identical.
+async fn compare_partition(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+    nodes: &[i32],
+    described: &BTreeMap<i32, std::result::Result<ReplicasDescription, ClientError>>,
+) -> (String, bool) {
+    let unreadable = |node_id: i32, reason: String| {
+        let comparison = Comparison::Unreadable { node_id, reason };
+        (
+            compare::comparison_line(partition, nodes, -1, &comparison),
+            false,
+        )
+    };
+    // The range every replica has committed.
+    let mut start = 0i64;
+    let mut end = i64::MAX;
+    for &node_id in nodes {
+        let state = match described.get(&node_id) {
+            Some(Ok(d)) => d.replica(topic, partition),
+            Some(Err(error)) => return unreadable(node_id, describe::one_line(error)),
+            None => None,
+        };
+        let Some(state) = state else {
+            return unreadable(
+                node_id,
+                format!("it reports no replica of {topic}/{partition}"),
+            );
+        };
+        start = start.max(state.log_start_offset);
+        end = end.min(state.high_watermark);
+    }
+    if nodes.is_empty() {
+        end = 0;
+    }
+    let end = end.max(start);
+    let mut sources = Vec::with_capacity(nodes.len());
+    for &node_id in nodes {
+        let mut consumer = Consumer::new(
+            client.clone(),
+            ConsumerConfig {
+                read_from: ReadFrom::Replica(node_id),
+                ..ConsumerConfig::default()
+            },
+        );
+        let ready = async {
+            consumer.assign(topic, &[partition]).await?;
+            consumer.seek(partition, SeekTo::Offset(start)).await
+        }
+        .await;
+        if let Err(error) = ready {
+            return unreadable(node_id, describe::one_line(&error));
+        }
+        sources.push((node_id, consumer));
+    }
+    let comparison = compare::compare_streams(&mut sources, start, end).await;
+    let identical = matches!(comparison, Comparison::Identical { .. });
+    (
+        compare::comparison_line(partition, nodes, end, &comparison),
+        identical,
+    )
+}
+
 /// Parses `all`, `leader` or `none`.
 pub fn parse_acks(text: &str) -> std::result::Result<Acks, String> {
     match text {
@@ -358,5 +586,74 @@ pub fn parse_acks(text: &str) -> std::result::Result<Acks, String> {
         "leader" => Ok(Acks::Leader),
         "none" => Ok(Acks::None),
         other => Err(format!("acks must be all, leader or none, not {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use shardmq_client::ErrorCode;
+
+    use super::*;
+
+    #[test]
+    fn produce_reports_say_which_records_are_stored_refused_or_unknown() {
+        let acked = Ok(RecordMetadata {
+            topic: Arc::from("t"),
+            partition: 2,
+            offset: 17,
+            timestamp: 0,
+            log_append_time_ms: -1,
+        });
+        assert_eq!(
+            report_line(2, "k:v", &acked),
+            Reported::Acknowledged("2 17 k:v".into())
+        );
+        let unknown = Err(ClientError::OutcomeUnknown {
+            cause: Box::new(ClientError::broker(
+                ErrorCode::RequestTimedOut,
+                Some("replicas\nslow"),
+            )),
+        });
+        assert_eq!(
+            report_line(1, "a", &unknown),
+            Reported::Unknown(
+                "unknown 1 a: outcome unknown, the records may or may not have been appended: \
+                 broker error RequestTimedOut: replicas slow"
+                    .into()
+            )
+        );
+        let refused = Err(ClientError::broker(ErrorCode::RecordTooLarge, None));
+        assert_eq!(
+            report_line(0, "b", &refused),
+            Reported::Failed("failed 0 b: broker error RecordTooLarge".into())
+        );
+        let lost = Err(ClientError::ConnectionLost {
+            addr: "h:1".into(),
+            reason: "reset".into(),
+            request_sent: true,
+        });
+        assert!(matches!(report_line(0, "c", &lost), Reported::Unknown(_)));
+    }
+
+    #[test]
+    fn a_summary_counts_every_record() {
+        let summary = ProduceSummary {
+            acknowledged: 7,
+            unknown: 2,
+            failed: 1,
+        };
+        assert_eq!(summary.total(), 10);
+        let error = CtlError::NotAcknowledged {
+            total: summary.total(),
+            unknown: summary.unknown,
+            failed: summary.failed,
+        };
+        assert_eq!(
+            error.to_string(),
+            "3 of 10 records not acknowledged (2 with unknown outcome, 1 failed)"
+        );
+        assert_eq!(error.exit_code(), 1);
     }
 }

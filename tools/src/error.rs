@@ -21,6 +21,34 @@ pub enum CtlError {
     /// The cluster refused a request or could not be reached.
     #[error("{0}")]
     Client(#[from] ClientError),
+    /// An operation named in `op` failed.
+    #[error("{op}: {source}")]
+    Op {
+        /// What was being done.
+        op: String,
+        /// Why it failed.
+        source: ClientError,
+    },
+    /// `produce --report-acks`: some records were not acknowledged (each
+    /// was reported on its own line already).
+    #[error("{missing} of {total} records not acknowledged ({unknown} with unknown outcome, {failed} failed)", missing = unknown + failed)]
+    NotAcknowledged {
+        /// Records read.
+        total: u64,
+        /// Records whose outcome is unknown.
+        unknown: u64,
+        /// Records refused for sure.
+        failed: u64,
+    },
+    /// `topic compare-replicas`: replicas differ or could not be read in
+    /// some partitions (each was reported on its own line already).
+    #[error("replicas differ or could not be read in {bad} of {partitions} partitions")]
+    ReplicasDiffer {
+        /// Partitions compared.
+        partitions: usize,
+        /// Partitions that differ or could not be read.
+        bad: usize,
+    },
     /// A file or directory could not be read.
     #[error("cannot {action} {}: {source}", path.display())]
     Io {
