@@ -21,6 +21,9 @@ use shardmq_storage::{LogConfig, RetentionPolicy, SyncMode};
 pub struct Config {
     /// Identity, addresses, shards and data directory.
     pub broker: BrokerConfig,
+    /// The cluster this broker belongs to: its peers and the controller's
+    /// voters.
+    pub cluster: ClusterConfig,
     /// The shard log of each shard.
     pub storage: StorageConfig,
     /// The Raft groups of the partitions (used by the Raft layer).
@@ -60,6 +63,9 @@ pub struct BrokerConfig {
     pub io_memory_bytes: usize,
     /// Partitions of a topic created without a partition count. Default 1.
     pub default_partitions: u32,
+    /// Replicas of each partition of a topic created without a replication
+    /// factor. Default 1.
+    pub default_replication_factor: u16,
     /// Most partitions one topic may have. Default 1024.
     pub partitions_max: u32,
 }
@@ -75,6 +81,7 @@ impl Default for BrokerConfig {
             advertised_host: String::new(),
             io_memory_bytes: 1 << 20,
             default_partitions: 1,
+            default_replication_factor: 1,
             partitions_max: 1024,
         }
     }
@@ -175,17 +182,145 @@ impl StorageConfig {
     }
 }
 
-/// `[raft]`: settings of every partition's Raft group.
+/// One broker of a static cluster: `ID@HOST:PORT`, its node id and the
+/// inter-broker address of its shard 0 (shard s listens on PORT + s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSpec {
+    /// The broker's node id.
+    pub node_id: i32,
+    /// Its inter-broker address, HOST:PORT.
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for PeerSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (id, addr) = text
+            .split_once('@')
+            .ok_or_else(|| format!("peer {text:?}: expected ID@HOST:PORT"))?;
+        let node_id = id
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|id| *id >= 0)
+            .ok_or_else(|| format!("peer {text:?}: the node id must be a number >= 0"))?;
+        let addr = addr
+            .trim()
+            .parse::<SocketAddr>()
+            .map_err(|error| format!("peer {text:?}: bad address: {error}"))?;
+        Ok(Self { node_id, addr })
+    }
+}
+
+impl std::fmt::Display for PeerSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.node_id, self.addr)
+    }
+}
+
+impl Serialize for PeerSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PeerSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses a comma-separated `ID@HOST:PORT,...` list (`--peers`).
+pub fn parse_peers(text: &str) -> Result<Vec<PeerSpec>, String> {
+    text.split(',')
+        .filter(|part| !part.trim().is_empty())
+        .map(str::parse)
+        .collect()
+}
+
+/// `[cluster]`: a static cluster. With no peers the broker is a cluster of
+/// one (its own controller, replication factor 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The cluster's name; brokers of another cluster are refused.
+    /// Default "shardmq".
+    pub cluster_id: String,
+    /// Every broker of the cluster, this one included, as
+    /// `"ID@HOST:PORT"`: its node id and inter-broker address (shard s
+    /// listens on PORT + s). Empty: this broker alone. Default empty.
+    pub peers: Vec<PeerSpec>,
+    /// Node ids that vote in the controller group; the other brokers are
+    /// learners there (they hold the metadata but do not vote). Empty: the
+    /// first three ids of `peers` (all of them when fewer). Default empty.
+    pub controller_voters: Vec<i32>,
+    /// The controller marks a broker failed when it has not heard from it
+    /// for this long, in milliseconds. Default 6000.
+    pub broker_session_timeout_ms: u64,
+    /// The controller writes a snapshot of the metadata and compacts its
+    /// log every this many applied commands. Default 1000.
+    pub controller_snapshot_entries: u64,
+    /// A leader hands leadership back to a partition's preferred leader
+    /// once that broker has been active and caught up for this long, in
+    /// milliseconds; 0 never does. Default 10000.
+    pub leader_rebalance_delay_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            cluster_id: "shardmq".to_owned(),
+            peers: Vec::new(),
+            controller_voters: Vec::new(),
+            broker_session_timeout_ms: 6_000,
+            controller_snapshot_entries: 1_000,
+            leader_rebalance_delay_ms: 10_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// The controller's voters: `controller_voters`, or the first three
+    /// peer ids by order of appearance (all when fewer); `self_id` alone
+    /// without peers.
+    pub fn voters(&self, self_id: i32) -> Vec<i32> {
+        if self.peers.is_empty() {
+            return vec![self_id];
+        }
+        if !self.controller_voters.is_empty() {
+            return self.controller_voters.clone();
+        }
+        self.peers.iter().take(3).map(|p| p.node_id).collect()
+    }
+
+    /// Every broker's node id: the peers, or `self_id` alone.
+    pub fn members(&self, self_id: i32) -> Vec<i32> {
+        if self.peers.is_empty() {
+            return vec![self_id];
+        }
+        self.peers.iter().map(|p| p.node_id).collect()
+    }
+
+    /// The inter-broker address of `node_id`'s shard 0.
+    pub fn peer_addr(&self, node_id: i32) -> Option<SocketAddr> {
+        self.peers
+            .iter()
+            .find(|p| p.node_id == node_id)
+            .map(|p| p.addr)
+    }
+}
+
+/// `[raft]`: settings of every Raft group (partitions and controller).
+/// Defaults come from the Raft layer's `ReplicaConfig`, so there is one
+/// default per setting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RaftConfig {
-    /// Serve partitions through Raft (one single-voter group per
-    /// partition, driven by its shard's loop); false serves them straight
-    /// from the shard log with no Raft at all. Default true.
-    pub enabled: bool,
     /// Interval of one Raft tick, in milliseconds. Default 100.
     pub tick_ms: u64,
-    /// Ticks between a leader's heartbeats. Default 1.
+    /// Ticks between a leader's heartbeats. Default 2.
     pub heartbeat_ticks: usize,
     /// Ticks without a leader before a follower campaigns; greater than
     /// `heartbeat_ticks`. Default 10.
@@ -198,7 +333,8 @@ pub struct RaftConfig {
     pub pre_vote: bool,
     /// Most bytes of entries in one append message. Default 1 MiB.
     pub max_size_per_msg: u64,
-    /// Most append messages in flight to one follower. Default 256.
+    /// Most append messages in flight to one follower (raft-rs keeps a
+    /// slot per message, per follower, per group). Default 32.
     pub max_inflight_msgs: usize,
     /// Most bytes of recent entries a shard keeps in memory for
     /// replication. Default 64 MiB.
@@ -207,15 +343,15 @@ pub struct RaftConfig {
 
 impl Default for RaftConfig {
     fn default() -> Self {
+        let replica = crate::raft::ReplicaConfig::default();
         Self {
-            enabled: true,
             tick_ms: 100,
-            heartbeat_ticks: 1,
-            election_ticks: 10,
-            check_quorum: true,
-            pre_vote: true,
-            max_size_per_msg: 1 << 20,
-            max_inflight_msgs: 256,
+            heartbeat_ticks: replica.heartbeat_tick,
+            election_ticks: replica.election_tick,
+            check_quorum: replica.check_quorum,
+            pre_vote: replica.pre_vote,
+            max_size_per_msg: replica.max_size_per_msg,
+            max_inflight_msgs: replica.max_inflight_msgs,
             entry_cache_bytes_max: 64 << 20,
         }
     }
@@ -366,11 +502,86 @@ impl Config {
                 "must be within 1..=broker.partitions_max",
             ));
         }
+        if b.default_replication_factor == 0 {
+            return Err(invalid(
+                "broker.default_replication_factor",
+                b.default_replication_factor,
+                "must be at least 1",
+            ));
+        }
         if b.partitions_max == 0 || b.partitions_max > 1 << 20 {
             return Err(invalid(
                 "broker.partitions_max",
                 b.partitions_max,
                 "must be within 1..=1048576",
+            ));
+        }
+        let c = &self.cluster;
+        if c.cluster_id.is_empty() || c.cluster_id.len() > 255 {
+            return Err(invalid(
+                "cluster.cluster_id",
+                format!("{:?}", c.cluster_id),
+                "must be 1 to 255 bytes",
+            ));
+        }
+        if !c.peers.is_empty() {
+            let mut ids: Vec<i32> = c.peers.iter().map(|p| p.node_id).collect();
+            ids.sort_unstable();
+            if ids.windows(2).any(|w| w[0] == w[1]) {
+                return Err(invalid(
+                    "cluster.peers",
+                    format!(
+                        "{:?}",
+                        c.peers.iter().map(ToString::to_string).collect::<Vec<_>>()
+                    ),
+                    "every node id must appear once",
+                ));
+            }
+            if !ids.contains(&b.node_id) {
+                return Err(invalid(
+                    "cluster.peers",
+                    format!(
+                        "{:?}",
+                        c.peers.iter().map(ToString::to_string).collect::<Vec<_>>()
+                    ),
+                    &format!("must include this broker (broker.node_id = {})", b.node_id),
+                ));
+            }
+            if c.peers.len() > 255 {
+                return Err(invalid(
+                    "cluster.peers",
+                    c.peers.len(),
+                    "at most 255 brokers",
+                ));
+            }
+            for v in &c.controller_voters {
+                if !ids.contains(v) {
+                    return Err(invalid(
+                        "cluster.controller_voters",
+                        v,
+                        "every voter must be one of cluster.peers",
+                    ));
+                }
+            }
+        } else if !c.controller_voters.is_empty() && c.controller_voters != [b.node_id] {
+            return Err(invalid(
+                "cluster.controller_voters",
+                format!("{:?}", c.controller_voters),
+                "without cluster.peers the only voter is this broker",
+            ));
+        }
+        if c.broker_session_timeout_ms < 100 {
+            return Err(invalid(
+                "cluster.broker_session_timeout_ms",
+                c.broker_session_timeout_ms,
+                "must be at least 100",
+            ));
+        }
+        if c.controller_snapshot_entries == 0 {
+            return Err(invalid(
+                "cluster.controller_snapshot_entries",
+                c.controller_snapshot_entries,
+                "must be at least 1",
             ));
         }
         let s = &self.storage;

@@ -7,6 +7,7 @@
 //! issues one sync round per iteration. Shards share nothing mutable and talk
 //! only by message passing.
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod controller;
 pub mod metrics;

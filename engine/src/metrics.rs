@@ -23,7 +23,7 @@ use shardmq_storage::PartitionId;
 use shardmq_schema::protocol::Api;
 
 /// Apis counted per shard, by their `Api` value.
-pub const APIS: [Api; 8] = [
+pub const APIS: [Api; 11] = [
     Api::ApiVersions,
     Api::Metadata,
     Api::CreateTopics,
@@ -32,6 +32,9 @@ pub const APIS: [Api; 8] = [
     Api::Produce,
     Api::Fetch,
     Api::ListOffsets,
+    Api::DescribeCluster,
+    Api::DescribeReplicas,
+    Api::TransferLeader,
 ];
 
 /// Upper bounds of the latency buckets, in microseconds (`+Inf` is
@@ -138,6 +141,29 @@ pub struct ShardMetrics {
     pub partition_ops: Mutex<BTreeMap<PartitionId, PartitionCounters>>,
     /// Topic names by topic id, refreshed by the shard for the scraper.
     pub topic_names: Mutex<HashMap<u32, String>>,
+    /// Elections this shard's replicas started.
+    pub raft_elections: AtomicU64,
+    /// Leader changes this shard's replicas saw.
+    pub raft_leader_changes: AtomicU64,
+    /// Raft messages handed to the inter-broker transport.
+    pub raft_messages_sent: AtomicU64,
+    /// Raft messages dropped: received with a full inbox or for a group not
+    /// here, or with no way to their destination.
+    pub raft_messages_dropped: AtomicU64,
+    /// Inter-broker frames written by this shard's links.
+    pub peer_frames_sent: AtomicU64,
+    /// Inter-broker bytes written by this shard's links.
+    pub peer_bytes_sent: AtomicU64,
+    /// Inter-broker frames dropped by this shard's links (queue full, link
+    /// down).
+    pub peer_frames_dropped: AtomicU64,
+    /// Inter-broker frames this shard's listener received.
+    pub peer_frames_received: AtomicU64,
+    /// Inter-broker bytes this shard's listener received.
+    pub peer_bytes_received: AtomicU64,
+    /// Replication state of each partition replica on this shard, copied
+    /// by the shard periodically (its lock is this shard's alone).
+    pub replication: Mutex<BTreeMap<PartitionId, ReplicaGauges>>,
 }
 
 /// Produce and fetch counts of one partition.
@@ -151,6 +177,19 @@ pub struct PartitionCounters {
     pub fetch_requests: u64,
     /// Record batch bytes fetched from it.
     pub fetch_bytes: u64,
+}
+
+/// One replica's replication state, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaGauges {
+    /// 1 when this replica leads.
+    pub leader: bool,
+    /// Its term.
+    pub term: u64,
+    /// On a leader: the largest lag of a follower, in entries.
+    pub follower_lag_entries: u64,
+    /// On a leader: the largest lag of a follower, in bytes of log.
+    pub follower_lag_bytes: u64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -342,6 +381,68 @@ impl BrokerMetrics {
         );
         per_shard(
             &mut out,
+            "shardmq_partition_followers",
+            "gauge",
+            "Partition replicas on the shard that follow.",
+            &|m| {
+                m.partitions
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(m.leaders.load(Ordering::Relaxed))
+            },
+        );
+        for (name, help, pick) in [
+            (
+                "shardmq_raft_elections_total",
+                "Elections this shard's replicas started.",
+                (|m: &ShardMetrics| &m.raft_elections) as fn(&ShardMetrics) -> &AtomicU64,
+            ),
+            (
+                "shardmq_raft_leader_changes_total",
+                "Leader changes this shard's replicas saw.",
+                |m| &m.raft_leader_changes,
+            ),
+            (
+                "shardmq_raft_messages_sent_total",
+                "Raft messages handed to the inter-broker transport.",
+                |m| &m.raft_messages_sent,
+            ),
+            (
+                "shardmq_raft_messages_dropped_total",
+                "Raft messages dropped (inbox full, unknown group, no route).",
+                |m| &m.raft_messages_dropped,
+            ),
+            (
+                "shardmq_interbroker_frames_sent_total",
+                "Inter-broker frames written by this shard.",
+                |m| &m.peer_frames_sent,
+            ),
+            (
+                "shardmq_interbroker_bytes_sent_total",
+                "Inter-broker bytes written by this shard.",
+                |m| &m.peer_bytes_sent,
+            ),
+            (
+                "shardmq_interbroker_frames_dropped_total",
+                "Inter-broker frames dropped by this shard's links (queue full, link down).",
+                |m| &m.peer_frames_dropped,
+            ),
+            (
+                "shardmq_interbroker_frames_received_total",
+                "Inter-broker frames this shard received.",
+                |m| &m.peer_frames_received,
+            ),
+            (
+                "shardmq_interbroker_bytes_received_total",
+                "Inter-broker bytes this shard received.",
+                |m| &m.peer_bytes_received,
+            ),
+        ] {
+            per_shard(&mut out, name, "counter", help, &|m| {
+                pick(m).load(Ordering::Relaxed)
+            });
+        }
+        per_shard(
+            &mut out,
             "shardmq_storage_append_bytes_total",
             "counter",
             "Bytes appended to the shard log, headers included.",
@@ -452,6 +553,50 @@ impl BrokerMetrics {
                             "{name}{{node=\"{node}\",shard=\"{shard}\",topic=\"{topic}\",partition=\"{index}\",api=\"{api}\"}} {value}"
                         );
                     }
+                }
+            }
+        }
+        let replication: Vec<_> = self
+            .shards
+            .iter()
+            .map(|m| lock(&m.replication).clone())
+            .collect();
+        for (name, help, pick) in [
+            (
+                "shardmq_partition_leader",
+                "1 when this broker's replica of the partition leads.",
+                (|g: &ReplicaGauges| u64::from(g.leader)) as fn(&ReplicaGauges) -> u64,
+            ),
+            (
+                "shardmq_partition_term",
+                "The Raft term of this broker's replica of the partition.",
+                |g| g.term,
+            ),
+            (
+                "shardmq_partition_follower_lag_entries",
+                "On the leader: the largest lag of a follower, in log entries.",
+                |g| g.follower_lag_entries,
+            ),
+            (
+                "shardmq_partition_follower_lag_bytes",
+                "On the leader: the largest lag of a follower, in bytes of log.",
+                |g| g.follower_lag_bytes,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            for (shard, (gauges, (names, _))) in replication.iter().zip(&snapshots).enumerate() {
+                for (id, g) in gauges {
+                    let topic_id = (id >> 32) as u32;
+                    let index = *id as u32;
+                    let topic = names
+                        .get(&topic_id)
+                        .map_or_else(|| format!("#{topic_id}"), |n| escape_label(n));
+                    let _ = writeln!(
+                        out,
+                        "{name}{{node=\"{node}\",shard=\"{shard}\",topic=\"{topic}\",partition=\"{index}\"}} {}",
+                        pick(g)
+                    );
                 }
             }
         }

@@ -3,8 +3,9 @@
 //! and fetch on every partition, a request sent to a shard that does not
 //! own the partition, bad input of every kind, a clean stop on SIGTERM and
 //! a restart that serves everything acknowledged, and the metrics
-//! endpoint; each against the Raft-backed service (the default) and the
-//! service without Raft. Then a SIGKILL in the middle of an acks=all
+//! endpoint, on a broker alone (a cluster of one: its own controller, every
+//! partition a one-replica Raft group). Then a SIGKILL in the middle of an
+//! acks=all
 //! produce loop, after which every acknowledged batch is at its offset.
 //!
 //! Every wait polls with a deadline; every broker started is killed when
@@ -82,28 +83,15 @@ batch_bytes_max = 262144
 record_bytes_max = 65536
 ";
 
-/// Which partition service the broker runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Service {
-    /// Every partition a single-voter Raft group (the default).
-    Raft,
-    /// Straight to the shard log (`[raft] enabled = false`).
-    Local,
-}
-
 impl Broker {
-    fn start(dir: &Path, shards: usize, service: Service) -> Self {
-        Self::start_with(dir, shards, service, "")
+    fn start(dir: &Path, shards: usize) -> Self {
+        Self::start_with(dir, shards, "")
     }
 
     /// Starts with `storage_extra` (lines of TOML) added to `[storage]`.
-    fn start_with(dir: &Path, shards: usize, service: Service, storage_extra: &str) -> Self {
+    fn start_with(dir: &Path, shards: usize, storage_extra: &str) -> Self {
         let config = dir.join("broker.toml");
-        let base = TEST_CONFIG.replace("[storage]\n", &format!("[storage]\n{storage_extra}"));
-        let text = match service {
-            Service::Raft => base,
-            Service::Local => format!("{base}\n[raft]\nenabled = false\n"),
-        };
+        let text = TEST_CONFIG.replace("[storage]\n", &format!("[storage]\n{storage_extra}"));
         std::fs::write(&config, text).unwrap();
         let client = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -310,7 +298,7 @@ fn create_topic(client: &mut Client, name: &str, partitions: i32) -> (ErrorCode,
             b,
             &p::CreateTopicsRequestArgs {
                 topics: Some(topics),
-                timeout_ms: 0,
+                timeout_ms: 10_000,
                 validate_only: false,
             },
         )
@@ -637,17 +625,8 @@ fn check_all(client: &mut Client, expected: &[Vec<u8>], next: &[i64]) {
 
 #[test]
 fn produce_fetch_across_shards_survives_a_restart() {
-    produce_fetch_across_shards_survives_a_restart_with(Service::Raft);
-}
-
-#[test]
-fn produce_fetch_across_shards_survives_a_restart_without_raft() {
-    produce_fetch_across_shards_survives_a_restart_with(Service::Local);
-}
-
-fn produce_fetch_across_shards_survives_a_restart_with(service: Service) {
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = Broker::start(dir.path(), 2, service);
+    let mut broker = Broker::start(dir.path(), 2);
     let mut client = Client::connect(broker.client);
     const PARTITIONS: i32 = 6;
     assert_eq!(
@@ -813,11 +792,8 @@ fn produce_fetch_across_shards_survives_a_restart_with(service: Service) {
         .filter(|(k, _)| k.starts_with("shardmq_raft_commit_latency_seconds_count{"))
         .map(|(_, v)| v)
         .sum();
-    // Every acknowledged produce committed first (no Raft: none).
-    match service {
-        Service::Raft => assert_eq!(commits, (2 * PARTITIONS + 2) as f64),
-        Service::Local => assert_eq!(commits, 0.0),
-    }
+    // Every acknowledged produce committed first.
+    assert_eq!(commits, (2 * PARTITIONS + 2) as f64);
 
     // A long-poll in flight does not hold up the stop.
     let mut polling = Client::connect(broker.client);
@@ -863,7 +839,7 @@ fn produce_fetch_across_shards_survives_a_restart_with(service: Service) {
     assert!(matches!(poller.join().unwrap(), None | Some(1)));
 
     // Everything acknowledged is served after a restart.
-    let broker = Broker::start(dir.path(), 2, service);
+    let broker = Broker::start(dir.path(), 2);
     let mut client = Client::connect(broker.client);
     let shards_after: Vec<u16> = metadata(&mut client, "orders")
         .iter()
@@ -876,17 +852,8 @@ fn produce_fetch_across_shards_survives_a_restart_with(service: Service) {
 
 #[test]
 fn bad_input_gets_its_error_and_others_are_still_served() {
-    bad_input_gets_its_error_and_others_are_still_served_with(Service::Raft);
-}
-
-#[test]
-fn bad_input_gets_its_error_and_others_are_still_served_without_raft() {
-    bad_input_gets_its_error_and_others_are_still_served_with(Service::Local);
-}
-
-fn bad_input_gets_its_error_and_others_are_still_served_with(service: Service) {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), 2, service);
+    let broker = Broker::start(dir.path(), 2);
     let mut healthy = Client::connect(broker.client);
     assert_eq!(create_topic(&mut healthy, "t", 2).0, ErrorCode::None);
     let good = make_batch(2, "good");
@@ -1067,7 +1034,7 @@ fn acked_records_survive_kill_9_during_a_produce_loop() {
     const PARTITIONS: i32 = 4;
     const ACKED_BEFORE_KILL: usize = 200;
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = Broker::start(dir.path(), 2, Service::Raft);
+    let mut broker = Broker::start(dir.path(), 2);
     let mut client = Client::connect(broker.client);
     assert_eq!(
         create_topic(&mut client, "acked", PARTITIONS).0,
@@ -1123,7 +1090,7 @@ fn acked_records_survive_kill_9_during_a_produce_loop() {
     let acked = std::mem::take(&mut *acked.lock().unwrap());
     assert!(acked.len() >= ACKED_BEFORE_KILL);
 
-    let broker = Broker::start(dir.path(), 2, Service::Raft);
+    let broker = Broker::start(dir.path(), 2);
     let mut client = Client::connect(broker.client);
     let stored: Vec<BTreeMap<i64, Vec<u8>>> = (0..PARTITIONS)
         .map(|partition| fetch_all(&mut client, "acked", partition))
@@ -1213,28 +1180,19 @@ fn segment_files(data: &Path) -> (usize, u64) {
     (count, bytes)
 }
 
-#[test]
-fn retention_and_deleted_topics_give_back_disk_space() {
-    retention_and_deleted_topics_give_back_disk_space_with(Service::Raft);
-}
-
-#[test]
-fn retention_and_deleted_topics_give_back_disk_space_without_raft() {
-    retention_and_deleted_topics_give_back_disk_space_with(Service::Local);
-}
-
 /// A topic written well past its retention by size keeps only its newest
 /// bytes, a topic of records older than the retention by age (7 days, the
 /// default) keeps none, a deleted topic's segments are deleted, the space
 /// comes back (4 MiB segments, retention 1 MiB per partition, checked every
 /// 100 ms), and a restart keeps the new log starts.
-fn retention_and_deleted_topics_give_back_disk_space_with(service: Service) {
+#[test]
+fn retention_and_deleted_topics_give_back_disk_space() {
     const BATCHES: usize = 48;
     const BATCH_RECORDS: usize = 8;
     const VALUE_BYTES: usize = 24 << 10;
     let dir = tempfile::tempdir().unwrap();
     let extra = "retention_bytes = 1048576\nretention_check_interval_ms = 100\n";
-    let mut broker = Broker::start_with(dir.path(), 1, service, extra);
+    let mut broker = Broker::start_with(dir.path(), 1, extra);
     let mut client = Client::connect(broker.client);
     assert_eq!(create_topic(&mut client, "kept", 1).0, ErrorCode::None);
     assert_eq!(create_topic(&mut client, "gone", 1).0, ErrorCode::None);
@@ -1334,7 +1292,7 @@ fn retention_and_deleted_topics_give_back_disk_space_with(service: Service) {
     // The new log start survives a restart.
     drop(client);
     assert!(broker.terminate().success());
-    let broker = Broker::start_with(dir.path(), 1, service, extra);
+    let broker = Broker::start_with(dir.path(), 1, extra);
     let mut client = Client::connect(broker.client);
     let (_, earliest_after, _) = list_offsets(&mut client, "kept", 0, OffsetSpec::Earliest, 0);
     assert!(earliest_after >= earliest, "{earliest_after} < {earliest}");

@@ -8,9 +8,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use raft_common::{
-    batch, check_deadline, log_config, log_entries, offsets, run, stamped, NoNetwork,
+    batch, check_deadline, log_config, log_entries, members, offsets, run, stamped, NoNetwork,
 };
-use shardmq_engine::raft::{ProduceAck, ShardLoop, ShardLoopConfig};
+use shardmq_engine::raft::{GroupKind, ProduceAck, ShardLoop, ShardLoopConfig};
 use shardmq_storage::{EntryKind, ShardLog};
 
 const P: u64 = 7;
@@ -74,7 +74,9 @@ fn single_voter_commits_dense_offsets_and_recovers_after_unclean_stop() {
             NoNetwork,
             ShardLoopConfig::default(),
         ));
-        lp.add_replica(P, 1, &[1]).await.unwrap();
+        lp.add_replica(P, 1, members(&[1]), GroupKind::Partition)
+            .await
+            .unwrap();
         become_leader(&lp).await;
         let acks = produce_all(&lp, 1_000, 0).await;
 
@@ -119,7 +121,9 @@ fn single_voter_commits_dense_offsets_and_recovers_after_unclean_stop() {
             NoNetwork,
             ShardLoopConfig::default(),
         ));
-        lp.add_replica(P, 1, &[1]).await.unwrap();
+        lp.add_replica(P, 1, members(&[1]), GroupKind::Partition)
+            .await
+            .unwrap();
         become_leader(&lp).await;
         assert!(lp.with_replica(P, |r| r.term()).unwrap() > term_before);
         let more = produce_all(&lp, 10, 1_000).await;

@@ -1372,6 +1372,48 @@ impl ShardLog {
         Ok(self.shared.inner.borrow().part(id)?.next_offset)
     }
 
+    /// The offset after entry `index`: the next offset of the partition as
+    /// it stood once that entry was appended. For `first_index - 1` it is
+    /// the log start offset. Every replica computes the same value for the
+    /// same entry, since offsets follow from the log alone.
+    pub fn offset_after(&self, id: PartitionId, index: u64) -> Result<u64> {
+        let inner = self.shared.inner.borrow();
+        let p = inner.part(id)?;
+        if index + 1 == p.first_index {
+            return Ok(p.first_offset);
+        }
+        if index < p.first_index {
+            return Err(StorageError::Compacted {
+                partition: id,
+                index,
+                first: p.first_index,
+            });
+        }
+        p.entry(index)
+            .map(|e| e.base_offset + u64::from(e.offset_count))
+            .ok_or(StorageError::Unavailable {
+                partition: id,
+                index,
+                last: p.last_index(),
+            })
+    }
+
+    /// Bytes of log (headers included) held by the entries after `index`,
+    /// counting at most `entries_max` of them: how far behind a replica
+    /// that has everything up to `index` is.
+    pub fn bytes_after(&self, id: PartitionId, index: u64, entries_max: u64) -> Result<u64> {
+        let inner = self.shared.inner.borrow();
+        let p = inner.part(id)?;
+        let from = index.saturating_add(1).max(p.first_index);
+        let to = p
+            .last_index()
+            .min(from.saturating_add(entries_max).saturating_sub(1));
+        Ok((from..=to)
+            .filter_map(|i| p.entry(i))
+            .map(|e| e.record_bytes())
+            .sum())
+    }
+
     /// Bytes of entries the partition holds (headers included).
     pub fn partition_bytes(&self, id: PartitionId) -> Result<u64> {
         Ok(self.shared.inner.borrow().part(id)?.bytes)

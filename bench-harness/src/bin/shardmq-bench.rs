@@ -176,12 +176,17 @@ struct RunArgs {
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("amount").required(true).args(["messages", "duration"])))]
 struct LoadArgs {
-    /// Address of a broker to bootstrap from (HOST:PORT).
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Brokers to bootstrap from, HOST:PORT, comma-separated (any one
+    /// that answers will do).
+    #[arg(long, value_name = "HOST:PORT,...")]
     bootstrap: String,
-    /// Topic to use; created (replication factor 1) when missing.
+    /// Topic to use; created with `--partitions` and
+    /// `--replication-factor` when missing.
     #[arg(long)]
     topic: String,
+    /// Replicas of each partition when the topic is created.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i16).range(1..))]
+    replication_factor: i16,
     /// Partitions of the topic when it is created.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(i32).range(1..))]
     partitions: i32,
@@ -350,10 +355,19 @@ async fn load(mode: Mode, args: LoadArgs) -> Result<(), BoxError> {
             return Err("--rate must be a positive number".into());
         }
     }
-    let client = ClientConfig::new([args.bootstrap.clone()]);
+    let client = ClientConfig::new(
+        args.bootstrap
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned),
+    );
 
     let admin = Admin::connect(client.clone()).await?;
-    match admin.create_topic(&args.topic, args.partitions, 1).await {
+    match admin
+        .create_topic(&args.topic, args.partitions, args.replication_factor)
+        .await
+    {
         Ok(()) => eprintln!(
             "created topic {} with {} partitions",
             args.topic, args.partitions

@@ -2,9 +2,14 @@
 //! `configs/single.toml`), applies the command-line overrides, validates,
 //! and serves until SIGTERM or SIGINT.
 //!
+//! A static cluster: every broker gets the same `--peers` list (each
+//! broker's node id and inter-broker address) and its own `--node-id`;
+//! without `--peers` the broker is a cluster of one.
+//!
 //! Exit codes: 0 after a clean stop; 1 when the configuration is invalid
-//! or the broker cannot start; 101 when a thread panicked; 130 on a second
-//! signal during a stop.
+//! or the broker cannot start; 3 when the cluster refused this broker (its
+//! data directory does not match what the cluster recorded for its node
+//! id); 101 when a thread panicked; 130 on a second signal during a stop.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use shardmq_engine::broker;
-use shardmq_engine::config::Config;
+use shardmq_engine::config::{parse_peers, Config, PeerSpec};
 
 /// A shardmq broker: a replicated, partitioned message log, one shard per
 /// core.
@@ -40,6 +45,30 @@ struct Args {
     /// Overrides broker.shards: the number of shards (0: one per core).
     #[arg(long, value_name = "N")]
     shards: Option<usize>,
+    /// Overrides cluster.peers: every broker of the cluster, this one
+    /// included, as ID@HOST:PORT (its inter-broker address; shard s listens
+    /// on PORT + s), comma-separated.
+    #[arg(long, value_name = "ID@HOST:PORT,...", value_parser = parse_peer_list)]
+    peers: Option<PeerList>,
+    /// Overrides cluster.cluster_id: brokers of another cluster are refused.
+    #[arg(long, value_name = "NAME")]
+    cluster_id: Option<String>,
+    /// Overrides cluster.controller_voters: the node ids that vote in the
+    /// controller group, comma-separated (default: the first three peers).
+    #[arg(long, value_name = "ID,...", value_delimiter = ',')]
+    controller_voters: Option<Vec<i32>>,
+    /// Overrides broker.shard_port_base: shard n serves clients on this
+    /// port + n (0: ephemeral ports, published in Metadata).
+    #[arg(long, value_name = "PORT")]
+    shard_port_base: Option<u16>,
+}
+
+/// A `--peers` list.
+#[derive(Debug, Clone)]
+struct PeerList(Vec<PeerSpec>);
+
+fn parse_peer_list(text: &str) -> Result<PeerList, String> {
+    parse_peers(text).map(PeerList)
 }
 
 fn main() -> ExitCode {
@@ -76,6 +105,18 @@ fn main() -> ExitCode {
     }
     if let Some(shards) = args.shards {
         config.broker.shards = shards;
+    }
+    if let Some(PeerList(peers)) = args.peers {
+        config.cluster.peers = peers;
+    }
+    if let Some(cluster_id) = args.cluster_id {
+        config.cluster.cluster_id = cluster_id;
+    }
+    if let Some(voters) = args.controller_voters {
+        config.cluster.controller_voters = voters;
+    }
+    if let Some(base) = args.shard_port_base {
+        config.broker.shard_port_base = base;
     }
     match broker::run(config) {
         Ok(()) => ExitCode::SUCCESS,

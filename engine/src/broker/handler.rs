@@ -16,21 +16,24 @@ use flatbuffers::{FlatBufferBuilder, UnionWIPOffset, WIPOffset};
 use shardmq_net::{error_response, Frame, Handler, RequestFrame, RequestKey, Shutdown};
 use shardmq_schema::protocol::{self as p, Acks, Api, ErrorCode, OffsetSpec};
 
-use super::router::{AdminOp, OpReply, PartitionOp};
-use super::service::{FetchArgs, FetchResult, PartitionService, ServiceError};
+use super::raft_service::ReplicaStatus;
+use super::router::{AdminOp, NewTopicSpec, OpReply, PartitionOp};
+use super::service::{FetchArgs, FetchResult, ServiceError};
 use super::shard::ShardCtx;
-use super::topics::{NewTopicSpec, TopicsSnapshot};
+use super::view::ClusterView;
+use crate::controller::{BrokerStatus, NodeId};
 use crate::metrics::APIS;
+use crate::raft::{GroupId, StateRole};
 
 /// The version of every api this broker speaks.
 pub const API_VERSION: u16 = 0;
 
 /// Answers client requests on one shard. Shard view: `!Send`.
-pub struct BrokerHandler<S> {
-    ctx: Rc<ShardCtx<S>>,
+pub struct BrokerHandler {
+    ctx: Rc<ShardCtx>,
 }
 
-impl<S> Clone for BrokerHandler<S> {
+impl Clone for BrokerHandler {
     fn clone(&self) -> Self {
         Self {
             ctx: self.ctx.clone(),
@@ -38,7 +41,7 @@ impl<S> Clone for BrokerHandler<S> {
     }
 }
 
-impl<S> std::fmt::Debug for BrokerHandler<S> {
+impl std::fmt::Debug for BrokerHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BrokerHandler")
             .field("shard", &self.ctx.shard)
@@ -46,7 +49,7 @@ impl<S> std::fmt::Debug for BrokerHandler<S> {
     }
 }
 
-impl<S: PartitionService> Handler for BrokerHandler<S> {
+impl Handler for BrokerHandler {
     async fn handle(&self, request: RequestFrame) -> Option<Frame> {
         let key = request.key();
         let request_bytes = request.frame().len();
@@ -117,14 +120,14 @@ struct FetchItem {
     max_bytes: u32,
 }
 
-impl<S: PartitionService> BrokerHandler<S> {
+impl BrokerHandler {
     /// The handler of the shard `ctx`.
-    pub fn new(ctx: Rc<ShardCtx<S>>) -> Self {
+    pub fn new(ctx: Rc<ShardCtx>) -> Self {
         Self { ctx }
     }
 
-    fn topics(&self) -> Arc<TopicsSnapshot> {
-        self.ctx.topics.borrow().clone()
+    fn view(&self) -> Arc<ClusterView> {
+        self.ctx.view()
     }
 
     async fn dispatch(&self, request: &RequestFrame) -> Result<Option<Frame>, ServiceError> {
@@ -159,6 +162,9 @@ impl<S: PartitionService> BrokerHandler<S> {
             Api::Produce => self.produce(request).await,
             Api::Fetch => self.fetch(request).await,
             Api::ListOffsets => self.list_offsets(request).await,
+            Api::DescribeCluster => self.describe_cluster(key),
+            Api::DescribeReplicas => self.describe_replicas(request).await,
+            Api::TransferLeader => self.transfer_leader(request).await,
             _ => Err(ServiceError::new(ErrorCode::UnknownApi, "unknown api")),
         }
     }
@@ -191,30 +197,33 @@ impl<S: PartitionService> BrokerHandler<S> {
             .request()
             .body_as_metadata_request()
             .ok_or_else(|| invalid("no body"))?;
-        let topics = self.topics();
+        let view = self.view();
+        let meta = &view.metadata;
         let names: Vec<String> = match req.topics() {
-            None => topics.topics.keys().cloned().collect(),
+            None => meta.topics.keys().cloned().collect(),
             Some(asked) => asked.iter().map(str::to_owned).collect(),
         };
-        let ctx = &self.ctx;
-        let node_id = ctx.config.broker.node_id;
-        let shard_ports = ctx.shard_ports.borrow().clone();
         let mut b = FlatBufferBuilder::new();
-        let host = b.create_string(&ctx.advertised_host);
-        let broker = p::BrokerMetadata::create(
-            &mut b,
-            &p::BrokerMetadataArgs {
-                node_id,
-                host: Some(host),
-                port: ctx.client_port.get(),
-                ..Default::default()
-            },
-        );
-        let brokers = b.create_vector(&[broker]);
+        let mut brokers = Vec::with_capacity(meta.brokers.len());
+        for broker in meta.brokers.values() {
+            let host = b.create_string(&broker.client_host);
+            let ports = b.create_vector(&broker.shard_ports);
+            brokers.push(p::BrokerMetadata::create(
+                &mut b,
+                &p::BrokerMetadataArgs {
+                    node_id: broker.node_id,
+                    host: Some(host),
+                    port: broker.client_port,
+                    status: broker_status(broker.status),
+                    shard_ports: Some(ports),
+                },
+            ));
+        }
+        let brokers = b.create_vector(&brokers);
         let mut out = Vec::with_capacity(names.len());
         for name in &names {
             let name_offset = b.create_string(name);
-            let Some(topic) = topics.topics.get(name) else {
+            let Some(topic) = meta.topic(name) else {
                 let message = b.create_string(&format!("no topic named {name:?}"));
                 out.push(p::TopicMetadata::create(
                     &mut b,
@@ -227,19 +236,48 @@ impl<S: PartitionService> BrokerHandler<S> {
                 ));
                 continue;
             };
-            let mut partitions = Vec::with_capacity(topic.shards.len());
-            for (index, shard) in topic.shards.iter().enumerate() {
-                let replicas = b.create_vector(&[node_id]);
+            let mut partitions = Vec::with_capacity(topic.partitions.len());
+            for (index, a) in topic.partitions.iter().enumerate() {
+                let ids: Vec<i32> = a.replicas.iter().map(|r| r.node_id).collect();
+                let replica_ids = b.create_vector(&ids);
+                let mut replicas = Vec::with_capacity(a.replicas.len());
+                for r in &a.replicas {
+                    let shard_port = view
+                        .broker(r.node_id)
+                        .and_then(|broker| broker.shard_port(r.shard))
+                        .unwrap_or(0);
+                    replicas.push(p::ReplicaMetadata::create(
+                        &mut b,
+                        &p::ReplicaMetadataArgs {
+                            node_id: r.node_id,
+                            shard: r.shard,
+                            shard_port,
+                        },
+                    ));
+                }
+                let replicas = b.create_vector(&replicas);
+                let leader = view.leader_place(a, None);
+                let (error_code, error_message) = match &leader {
+                    Some(_) => (ErrorCode::None, None),
+                    None => (
+                        ErrorCode::LeaderNotAvailable,
+                        Some(
+                            b.create_string("no leader recorded yet (an election is in progress)"),
+                        ),
+                    ),
+                };
                 partitions.push(p::PartitionMetadata::create(
                     &mut b,
                     &p::PartitionMetadataArgs {
+                        error_code,
+                        error_message,
                         partition: index as i32,
-                        leader_node_id: node_id,
-                        leader_shard: *shard,
-                        shard_port: shard_ports.get(usize::from(*shard)).copied().unwrap_or(0),
-                        replica_node_ids: Some(replicas),
-                        leader_epoch: 1,
-                        ..Default::default()
+                        leader_node_id: leader.as_ref().map_or(-1, |l| l.node_id),
+                        leader_shard: leader.as_ref().map_or(0, |l| l.shard),
+                        shard_port: leader.as_ref().map_or(0, |l| l.shard_port),
+                        replica_node_ids: Some(replica_ids),
+                        leader_epoch: a.leader_term as i64,
+                        replicas: Some(replicas),
                     },
                 ));
             }
@@ -254,11 +292,14 @@ impl<S: PartitionService> BrokerHandler<S> {
             ));
         }
         let topics = b.create_vector(&out);
+        let cluster_id = b.create_string(&view.cluster_id);
         let body = p::MetadataResponse::create(
             &mut b,
             &p::MetadataResponseArgs {
                 brokers: Some(brokers),
                 topics: Some(topics),
+                controller_id: view.controller_leader.unwrap_or(-1),
+                cluster_id: Some(cluster_id),
                 ..Default::default()
             },
         );
@@ -271,17 +312,17 @@ impl<S: PartitionService> BrokerHandler<S> {
     }
 
     fn list_topics(&self, key: RequestKey) -> Result<Option<Frame>, ServiceError> {
-        let topics = self.topics();
+        let view = self.view();
         let mut b = FlatBufferBuilder::new();
-        let mut out = Vec::with_capacity(topics.topics.len());
-        for topic in topics.topics.values() {
+        let mut out = Vec::with_capacity(view.metadata.topics.len());
+        for topic in view.metadata.topics.values() {
             let name = b.create_string(&topic.name);
             out.push(p::TopicListing::create(
                 &mut b,
                 &p::TopicListingArgs {
                     name: Some(name),
                     partitions: topic.partition_count() as i32,
-                    replication_factor: topic.replication_factor,
+                    replication_factor: i16::try_from(topic.replication_factor).unwrap_or(i16::MAX),
                 },
             ));
         }
@@ -303,7 +344,7 @@ impl<S: PartitionService> BrokerHandler<S> {
 
     async fn create_topics(&self, request: &RequestFrame) -> Result<Option<Frame>, ServiceError> {
         let key = request.key();
-        let (specs, validate_only) = {
+        let (specs, validate_only, timeout_ms) = {
             let req = request
                 .request()
                 .body_as_create_topics_request()
@@ -332,7 +373,7 @@ impl<S: PartitionService> BrokerHandler<S> {
                         .collect()
                 })
                 .unwrap_or_default();
-            (specs, req.validate_only())
+            (specs, req.validate_only(), req.timeout_ms())
         };
         let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         let results = self
@@ -340,6 +381,7 @@ impl<S: PartitionService> BrokerHandler<S> {
             .run_admin(AdminOp::Create {
                 topics: specs,
                 validate_only,
+                timeout_ms,
             })
             .await;
         let mut b = FlatBufferBuilder::new();
@@ -460,11 +502,12 @@ impl<S: PartitionService> BrokerHandler<S> {
                 }
             }
         }
-        let topics = self.topics();
+        let view = self.view();
+        let node = self.ctx.node_id();
         let mut tasks = Vec::with_capacity(groups.len());
         for ((topic, partition), group) in groups {
             let ctx = self.ctx.clone();
-            let topics = topics.clone();
+            let view = view.clone();
             let batches: Vec<(usize, Bytes)> =
                 group.iter().map(|i| (*i, items[*i].2.clone())).collect();
             // Detached: a timed-out item's task runs to its end all the
@@ -474,11 +517,11 @@ impl<S: PartitionService> BrokerHandler<S> {
                     let mut out = Vec::with_capacity(batches.len());
                     for (i, batch) in batches {
                         let started = Instant::now();
-                        let result = match topics.locate(&topic, partition) {
+                        let result = match route(&view, node, &topic, partition) {
                             Err(error) => Err(error),
-                            Ok((meta, owner)) => {
+                            Ok((group, owner)) => {
                                 let op = PartitionOp::Produce {
-                                    partition: meta.partition_id(partition as u32),
+                                    partition: group,
                                     acks,
                                     batch,
                                 };
@@ -487,7 +530,7 @@ impl<S: PartitionService> BrokerHandler<S> {
                                         .forwarded
                                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 }
-                                match ctx.router.run(&*ctx.service, &ctx.metrics, owner, op).await {
+                                match ctx.router.run(&ctx.service, &ctx.metrics, owner, op).await {
                                     OpReply::Produce(result) => result,
                                     _ => Err(ServiceError::new(ErrorCode::Unknown, "wrong reply")),
                                 }
@@ -517,6 +560,7 @@ impl<S: PartitionService> BrokerHandler<S> {
                 ))
             });
             let (error_code, error_message) = outcome(&mut b, &result);
+            let leader_hint = hint(&mut b, &view, topic, *partition, &result);
             let topic = b.create_string(topic);
             let done = result.ok();
             out.push(p::ProducePartitionResponse::create(
@@ -529,7 +573,7 @@ impl<S: PartitionService> BrokerHandler<S> {
                     base_offset: done.map_or(-1, |d| d.base_offset),
                     log_append_time_ms: done.map_or(-1, |d| d.log_append_time_ms),
                     log_start_offset: done.map_or(-1, |d| d.log_start_offset),
-                    leader_hint: None,
+                    leader_hint,
                 },
             ));
         }
@@ -550,18 +594,20 @@ impl<S: PartitionService> BrokerHandler<S> {
     }
 
     async fn fetch_one(
-        ctx: &ShardCtx<S>,
-        topics: &TopicsSnapshot,
+        ctx: &ShardCtx,
+        view: &ClusterView,
         item: &FetchItem,
         wait_until: Option<Instant>,
+        allow_follower: bool,
     ) -> Result<FetchResult, ServiceError> {
-        let (meta, owner) = topics.locate(&item.topic, item.partition)?;
+        let (group, owner) = route(view, ctx.node_id(), &item.topic, item.partition)?;
         let op = PartitionOp::Fetch {
-            partition: meta.partition_id(item.partition as u32),
+            partition: group,
             args: FetchArgs {
                 offset: item.offset,
                 max_bytes: item.max_bytes,
                 wait_until,
+                allow_follower,
             },
         };
         if owner != ctx.shard {
@@ -569,7 +615,7 @@ impl<S: PartitionService> BrokerHandler<S> {
                 .forwarded
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        match ctx.router.run(&*ctx.service, &ctx.metrics, owner, op).await {
+        match ctx.router.run(&ctx.service, &ctx.metrics, owner, op).await {
             OpReply::Fetch(result) => result,
             _ => Err(ServiceError::new(ErrorCode::Unknown, "wrong reply")),
         }
@@ -580,9 +626,10 @@ impl<S: PartitionService> BrokerHandler<S> {
     /// the others' waits (they answer empty).
     async fn fetch_pass(
         &self,
-        topics: &Arc<TopicsSnapshot>,
+        view: &Arc<ClusterView>,
         items: &Rc<Vec<FetchItem>>,
         wait: Option<(Instant, &[bool])>,
+        allow_follower: bool,
     ) -> Vec<Option<Result<FetchResult, ServiceError>>> {
         let done = Shutdown::new();
         let mut tasks = Vec::with_capacity(items.len());
@@ -595,15 +642,12 @@ impl<S: PartitionService> BrokerHandler<S> {
                     continue;
                 }
             };
-            let (ctx, topics, items, done) = (
-                self.ctx.clone(),
-                topics.clone(),
-                items.clone(),
-                done.clone(),
-            );
+            let (ctx, view, items, done) =
+                (self.ctx.clone(), view.clone(), items.clone(), done.clone());
             tasks.push(Some(glommio::spawn_local(async move {
                 let fetch = async {
-                    let result = Self::fetch_one(&ctx, &topics, &items[i], wait_until).await;
+                    let result =
+                        Self::fetch_one(&ctx, &view, &items[i], wait_until, allow_follower).await;
                     if matches!(&result, Ok(r) if !r.records.is_empty()) {
                         done.trigger();
                     }
@@ -634,7 +678,7 @@ impl<S: PartitionService> BrokerHandler<S> {
         let started = Instant::now();
         let key = request.key();
         let limits = &self.ctx.config.limits;
-        let (items, max_wait_ms, min_bytes, total_max) = {
+        let (items, max_wait_ms, min_bytes, total_max, allow_follower) = {
             let req = request
                 .request()
                 .body_as_fetch_request()
@@ -663,11 +707,12 @@ impl<S: PartitionService> BrokerHandler<S> {
                 u64::from(req.max_wait_ms()).min(limits.fetch_wait_max_ms),
                 req.min_bytes(),
                 total_max,
+                req.allow_follower(),
             )
         };
         let items = Rc::new(items);
-        let topics = self.topics();
-        let mut results = self.fetch_pass(&topics, &items, None).await;
+        let view = self.view();
+        let mut results = self.fetch_pass(&view, &items, None, allow_follower).await;
         let available: usize = results
             .iter()
             .flatten()
@@ -682,7 +727,7 @@ impl<S: PartitionService> BrokerHandler<S> {
             if waiting.iter().any(|w| *w) {
                 let deadline = started + Duration::from_millis(max_wait_ms);
                 let waited = self
-                    .fetch_pass(&topics, &items, Some((deadline, &waiting)))
+                    .fetch_pass(&view, &items, Some((deadline, &waiting)), allow_follower)
                     .await;
                 for (slot, new) in results.iter_mut().zip(waited) {
                     if let Some(new) = new {
@@ -698,6 +743,7 @@ impl<S: PartitionService> BrokerHandler<S> {
             let result =
                 result.unwrap_or_else(|| Err(ServiceError::new(ErrorCode::Unknown, "not done")));
             let (error_code, error_message) = outcome(&mut b, &result);
+            let leader_hint = hint(&mut b, &view, &item.topic, item.partition, &result);
             let topic = b.create_string(&item.topic);
             let (high_watermark, log_start_offset, records) = match &result {
                 Ok(r) => {
@@ -723,7 +769,7 @@ impl<S: PartitionService> BrokerHandler<S> {
                     high_watermark,
                     log_start_offset,
                     records,
-                    leader_hint: None,
+                    leader_hint,
                 },
             ));
         }
@@ -765,21 +811,21 @@ impl<S: PartitionService> BrokerHandler<S> {
                 )
             })
             .collect();
-        let topics = self.topics();
+        let view = self.view();
         let mut results = Vec::with_capacity(items.len());
         for (topic, partition, spec, timestamp_ms) in &items {
-            let result = match topics.locate(topic, *partition) {
+            let result = match route(&view, self.ctx.node_id(), topic, *partition) {
                 Err(error) => Err(error),
-                Ok((meta, owner)) => {
+                Ok((group, owner)) => {
                     let op = PartitionOp::ListOffsets {
-                        partition: meta.partition_id(*partition as u32),
+                        partition: group,
                         spec: *spec,
                         timestamp_ms: *timestamp_ms,
                     };
                     match self
                         .ctx
                         .router
-                        .run(&*self.ctx.service, &self.ctx.metrics, owner, op)
+                        .run(&self.ctx.service, &self.ctx.metrics, owner, op)
                         .await
                     {
                         OpReply::ListOffsets(result) => result,
@@ -793,6 +839,7 @@ impl<S: PartitionService> BrokerHandler<S> {
         let mut out = Vec::with_capacity(items.len());
         for ((topic, partition, _, _), result) in items.iter().zip(results) {
             let (error_code, error_message) = outcome(&mut b, &result);
+            let leader_hint = hint(&mut b, &view, topic, *partition, &result);
             let topic = b.create_string(topic);
             let found = result.ok();
             out.push(p::ListOffsetsPartitionResponse::create(
@@ -804,7 +851,7 @@ impl<S: PartitionService> BrokerHandler<S> {
                     error_message,
                     offset: found.map_or(-1, |f| f.offset),
                     timestamp_ms: found.map_or(-1, |f| f.timestamp_ms),
-                    leader_hint: None,
+                    leader_hint,
                 },
             ));
         }
@@ -823,6 +870,233 @@ impl<S: PartitionService> BrokerHandler<S> {
             body.as_union_value(),
         )
     }
+}
+
+impl BrokerHandler {
+    fn describe_cluster(&self, key: RequestKey) -> Result<Option<Frame>, ServiceError> {
+        let view = self.view();
+        let mut b = FlatBufferBuilder::new();
+        let mut brokers = Vec::with_capacity(view.metadata.brokers.len());
+        for broker in view.metadata.brokers.values() {
+            let host = b.create_string(&broker.client_host);
+            let inter = b.create_string(&broker.inter_broker_addr);
+            let ports = b.create_vector(&broker.shard_ports);
+            brokers.push(p::BrokerDescription::create(
+                &mut b,
+                &p::BrokerDescriptionArgs {
+                    node_id: broker.node_id,
+                    host: Some(host),
+                    port: broker.client_port,
+                    shard_ports: Some(ports),
+                    inter_broker_address: Some(inter),
+                    status: broker_status(broker.status),
+                    incarnation: broker.incarnation,
+                    controller_voter: view.voters.contains(&broker.node_id),
+                },
+            ));
+        }
+        let brokers = b.create_vector(&brokers);
+        let cluster_id = b.create_string(&view.cluster_id);
+        let body = p::DescribeClusterResponse::create(
+            &mut b,
+            &p::DescribeClusterResponseArgs {
+                cluster_id: Some(cluster_id),
+                controller_id: view.controller_leader.unwrap_or(-1),
+                controller_term: view.controller_term,
+                metadata_version: view.metadata.version,
+                brokers: Some(brokers),
+                answered_by: self.ctx.node_id(),
+                ..Default::default()
+            },
+        );
+        finish(
+            b,
+            key,
+            p::ResponseBody::DescribeClusterResponse,
+            body.as_union_value(),
+        )
+    }
+
+    async fn describe_replicas(
+        &self,
+        request: &RequestFrame,
+    ) -> Result<Option<Frame>, ServiceError> {
+        let key = request.key();
+        let names: Option<Vec<String>> = request
+            .request()
+            .body_as_describe_replicas_request()
+            .ok_or_else(|| invalid("no body"))?
+            .topics()
+            .map(|t| t.iter().map(str::to_owned).collect());
+        let view = self.view();
+        let groups: Option<std::collections::HashSet<GroupId>> = names.as_ref().map(|names| {
+            names
+                .iter()
+                .filter_map(|n| view.metadata.topic(n))
+                .flat_map(|t| t.partitions.iter().map(|a| a.group))
+                .collect()
+        });
+        let mut replicas: Vec<ReplicaStatus> = self.ctx.describe_all(groups).await;
+        replicas.sort_by_key(|r| r.group);
+        let mut b = FlatBufferBuilder::new();
+        let mut out = Vec::with_capacity(replicas.len());
+        for r in &replicas {
+            let Some((topic, index, a)) = view.metadata.assignment(r.group) else {
+                continue;
+            };
+            let shard = a
+                .replica_on(self.ctx.node_id())
+                .map_or(0, |place| place.shard);
+            let name = b.create_string(&topic.name);
+            out.push(p::ReplicaDescription::create(
+                &mut b,
+                &p::ReplicaDescriptionArgs {
+                    topic: Some(name),
+                    partition: index as i32,
+                    shard,
+                    role: replica_role(r.role),
+                    term: r.term,
+                    leader_node_id: r.leader.unwrap_or(-1),
+                    last_index: r.last_index,
+                    commit_index: r.commit_index,
+                    high_watermark: r.high_watermark as i64,
+                    log_start_offset: r.log_start_offset as i64,
+                    first_index: r.first_index,
+                    log_end_offset: r.log_end_offset as i64,
+                },
+            ));
+        }
+        let replicas = b.create_vector(&out);
+        let body = p::DescribeReplicasResponse::create(
+            &mut b,
+            &p::DescribeReplicasResponseArgs {
+                node_id: self.ctx.node_id(),
+                replicas: Some(replicas),
+                ..Default::default()
+            },
+        );
+        finish(
+            b,
+            key,
+            p::ResponseBody::DescribeReplicasResponse,
+            body.as_union_value(),
+        )
+    }
+
+    async fn transfer_leader(&self, request: &RequestFrame) -> Result<Option<Frame>, ServiceError> {
+        let key = request.key();
+        let (topic, partition, to, timeout_ms) = {
+            let req = request
+                .request()
+                .body_as_transfer_leader_request()
+                .ok_or_else(|| invalid("no body"))?;
+            (
+                req.topic().to_owned(),
+                req.partition(),
+                req.to_node_id(),
+                req.timeout_ms(),
+            )
+        };
+        let partition_index = u32::try_from(partition)
+            .map_err(|_| ServiceError::new(ErrorCode::UnknownPartition, "negative partition"))?;
+        let results = self
+            .ctx
+            .run_admin(AdminOp::TransferLeader {
+                topic: topic.clone(),
+                partition: partition_index,
+                to,
+                timeout_ms,
+            })
+            .await;
+        let result = results
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Err(ServiceError::new(ErrorCode::BrokerShuttingDown, "not done")));
+        let leader = self
+            .view()
+            .locate(&topic, partition)
+            .ok()
+            .and_then(|(_, a)| a.leader)
+            .unwrap_or(-1);
+        let mut b = FlatBufferBuilder::new();
+        let (error_code, error_message) = outcome(&mut b, &result);
+        let body = p::TransferLeaderResponse::create(
+            &mut b,
+            &p::TransferLeaderResponseArgs {
+                error_code,
+                error_message,
+                leader_node_id: leader,
+            },
+        );
+        finish(
+            b,
+            key,
+            p::ResponseBody::TransferLeaderResponse,
+            body.as_union_value(),
+        )
+    }
+}
+
+fn broker_status(status: BrokerStatus) -> p::BrokerStatus {
+    match status {
+        BrokerStatus::Active => p::BrokerStatus::Active,
+        BrokerStatus::Failed => p::BrokerStatus::Failed,
+    }
+}
+
+fn replica_role(role: StateRole) -> p::ReplicaRole {
+    match role {
+        StateRole::Follower => p::ReplicaRole::Follower,
+        StateRole::Candidate => p::ReplicaRole::Candidate,
+        StateRole::Leader => p::ReplicaRole::Leader,
+        StateRole::PreCandidate => p::ReplicaRole::PreCandidate,
+    }
+}
+
+/// Where this broker serves `topic`/`p`: the partition's group and the
+/// shard of this broker that holds its replica. A broker that holds none
+/// answers NotLeader naming the leader the controller recorded.
+fn route(
+    view: &ClusterView,
+    node: NodeId,
+    topic: &str,
+    p: i32,
+) -> Result<(GroupId, u16), ServiceError> {
+    let (_, a) = view.locate(topic, p)?;
+    match a.replica_on(node) {
+        Some(r) => Ok((a.group, r.shard)),
+        None => Err(ServiceError::not_leader(
+            a.leader,
+            format!("broker {node} holds no replica of {topic}/{p}"),
+        )),
+    }
+}
+
+/// A LeaderHint for a NotLeader answer, when the leader is known.
+fn hint<'a, T>(
+    b: &mut FlatBufferBuilder<'a>,
+    view: &ClusterView,
+    topic: &str,
+    partition: i32,
+    result: &Result<T, ServiceError>,
+) -> Option<WIPOffset<p::LeaderHint<'a>>> {
+    let Err(error) = result else { return None };
+    if error.code != ErrorCode::NotLeader {
+        return None;
+    }
+    let (_, a) = view.locate(topic, partition).ok()?;
+    let place = view.leader_place(a, error.leader)?;
+    let host = b.create_string(&place.host);
+    Some(p::LeaderHint::create(
+        b,
+        &p::LeaderHintArgs {
+            node_id: place.node_id,
+            host: Some(host),
+            shard: place.shard,
+            shard_port: place.shard_port,
+            leader_epoch: place.epoch as i64,
+        },
+    ))
 }
 
 /// Gathers the `(item, result)` lists of detached tasks into one result per

@@ -1,19 +1,24 @@
 //! The broker process: N shards (glommio executors pinned one per core),
 //! joined by a channel mesh, each serving clients on the shared client port
-//! and on its own port; the metrics endpoint on a thread; signals on
-//! another.
+//! and on its own port and other brokers on its inter-broker port; the
+//! metrics endpoint on a thread; signals on another.
 //!
+//! * [`identity`]: the data directory's cluster id, node id and
+//!   incarnation.
 //! * [`shard`]: one shard's start-up, serving and stop.
 //! * [`handler`]: the request handler (every api of the client protocol).
 //! * [`router`]: the mesh messages and [`ShardRouter`], which runs a
 //!   partition operation on the owning shard.
-//! * [`service`]: [`PartitionService`], what a shard does with its
-//!   partitions, and [`LocalLogService`], the implementation without Raft
-//!   (`[raft] enabled = false`).
-//! * [`raft_service`]: [`RaftService`], the default implementation: each
-//!   partition a single-voter Raft group driven by its shard's loop.
-//! * [`topics`]: the topic metadata and its placement of partitions on
-//!   shards, owned by shard 0 until the controller Raft group exists.
+//! * [`service`]: the vocabulary of the partition service (errors, fetch
+//!   arguments, what readers may see).
+//! * [`raft_service`]: [`RaftService`], a shard's replicas (every partition
+//!   a raft-rs group across its brokers) driven by the shard's loop.
+//! * [`controller_service`]: the controller replica on shard 0 around the
+//!   state machine of `crate::controller`.
+//! * [`view`]: [`ClusterView`], the metadata shards route by.
+//! * [`transport`]: the shard loop's transport over `net`'s inter-broker
+//!   links, the inbound handler, and who may connect.
+//! * [`raft_codec`]: raft-rs messages in and out of inter-broker frames.
 //!
 //! Process rules: SIGTERM or SIGINT stops every shard cleanly (stop
 //! accepting, finish in-flight requests, sync the shard log) and the
@@ -22,12 +27,16 @@
 //! so no half-alive broker remains. A shard that fails to start stops the
 //! process with an error.
 
+pub mod controller_service;
 pub mod handler;
+pub mod identity;
+pub mod raft_codec;
 pub mod raft_service;
 pub mod router;
 pub mod service;
 pub mod shard;
-pub mod topics;
+pub mod transport;
+pub mod view;
 
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -37,10 +46,12 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
 
 pub use handler::BrokerHandler;
+pub use identity::{BrokerIdentity, IdentityError};
 pub use raft_service::RaftService;
 pub use router::{ShardMsg, ShardRouter};
-pub use service::{LocalLogService, PartitionService, ServiceError};
-pub use topics::{TopicStore, TopicsSnapshot};
+pub use service::ServiceError;
+pub use shard::EXIT_REFUSED;
+pub use view::ClusterView;
 
 use crate::config::{Config, ConfigError};
 use crate::metrics::{BrokerMetrics, MetricsBindError, MetricsServer};
@@ -58,6 +69,9 @@ pub enum BrokerError {
     /// A directory, thread or executor could not be made.
     #[error("{0}")]
     Setup(String),
+    /// The data directory belongs to another broker or cannot be read.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     /// A shard failed.
     #[error(transparent)]
     Shard(#[from] shard::ShardError),
@@ -104,6 +118,14 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
             config.broker.data_dir.display()
         ))
     })?;
+    let (identity, created) = BrokerIdentity::load_or_create(
+        &config.broker.data_dir,
+        &config.cluster.cluster_id,
+        config.broker.node_id,
+    )?;
+    if created {
+        tracing::info!(incarnation = identity.incarnation, "new data directory");
+    }
     let metrics = Arc::new(BrokerMetrics::new(config.broker.node_id, shards));
     let metrics_server = MetricsServer::start(config.monitoring.metrics_listen, metrics.clone())?;
     tracing::info!(
@@ -164,6 +186,7 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
         let start = ShardStart {
             shard,
             config: config.clone(),
+            identity: identity.clone(),
             mesh: mesh.clone(),
             metrics: metrics.shards[index].clone(),
             stop,

@@ -15,10 +15,9 @@ use glommio::channels::channel_mesh::Senders;
 use shardmq_schema::protocol::{Acks, ErrorCode, OffsetSpec};
 use shardmq_storage::PartitionId;
 
-use super::service::{
-    FetchArgs, FetchResult, ListOffsetsResult, PartitionService, ProduceResult, ServiceError,
-};
-use super::topics::{NewTopicSpec, TopicsSnapshot};
+use super::raft_service::{LeadershipReport, RaftService, ReplicaStatus};
+use super::service::{FetchArgs, FetchResult, ListOffsetsResult, ProduceResult, ServiceError};
+use super::view::ClusterView;
 use crate::metrics::ShardMetrics;
 
 /// Messages between the shards of one broker.
@@ -41,20 +40,33 @@ pub enum ShardMsg {
         /// waits (a long-poll that ended early).
         reply: oneshot::Sender<OpReply>,
     },
-    /// A metadata change for shard 0, which owns the topic store.
+    /// A metadata change for shard 0, which runs the controller replica.
     Admin {
         /// What to change.
         op: AdminOp,
         /// One outcome per item, in order.
         reply: oneshot::Sender<Vec<Result<(), ServiceError>>>,
     },
-    /// New topic metadata from shard 0: apply it (create or delete this
-    /// shard's partitions), then reply.
-    Topics {
-        /// The new metadata.
-        snapshot: Arc<TopicsSnapshot>,
+    /// A new cluster view from shard 0: reconcile this shard's replicas
+    /// with it, then reply.
+    View {
+        /// The view.
+        view: Arc<ClusterView>,
         /// Done, or why not.
         reply: oneshot::Sender<Result<(), ServiceError>>,
+    },
+    /// Leaderships this shard's replicas took, for shard 0 to record in
+    /// the controller.
+    Reports {
+        /// The leaderships.
+        reports: Vec<LeadershipReport>,
+    },
+    /// The state of the receiver's replicas of `groups` (all with `None`).
+    Describe {
+        /// The partitions asked about.
+        groups: Option<std::collections::HashSet<u64>>,
+        /// The replicas.
+        reply: oneshot::Sender<Vec<ReplicaStatus>>,
     },
     /// The sender has stopped serving clients and will forward nothing
     /// more.
@@ -64,7 +76,7 @@ pub enum ShardMsg {
 /// An operation on one partition.
 #[derive(Debug)]
 pub enum PartitionOp {
-    /// [`PartitionService::produce`].
+    /// [`RaftService::produce`].
     Produce {
         /// The partition.
         partition: PartitionId,
@@ -73,14 +85,14 @@ pub enum PartitionOp {
         /// The record batch, a slice of the request frame.
         batch: Bytes,
     },
-    /// [`PartitionService::fetch`].
+    /// [`RaftService::fetch`].
     Fetch {
         /// The partition.
         partition: PartitionId,
         /// Where and how much.
         args: FetchArgs,
     },
-    /// [`PartitionService::list_offsets`].
+    /// [`RaftService::list_offsets`].
     ListOffsets {
         /// The partition.
         partition: PartitionId,
@@ -102,7 +114,20 @@ pub enum OpReply {
     ListOffsets(Result<ListOffsetsResult, ServiceError>),
 }
 
-/// A metadata change, executed by shard 0.
+/// A topic to create, as asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTopicSpec {
+    /// Name.
+    pub name: String,
+    /// Partitions; -1 for the default.
+    pub partitions: i32,
+    /// Replication factor; -1 for the default.
+    pub replication_factor: i16,
+    /// Configuration overrides.
+    pub configs: std::collections::BTreeMap<String, String>,
+}
+
+/// A metadata change, executed by shard 0 through the controller.
 #[derive(Debug)]
 pub enum AdminOp {
     /// Create topics.
@@ -111,21 +136,30 @@ pub enum AdminOp {
         topics: Vec<NewTopicSpec>,
         /// Check only.
         validate_only: bool,
+        /// How long to wait for the new partitions' leaders (0: not at all).
+        timeout_ms: u32,
     },
     /// Delete topics.
     Delete {
         /// Their names.
         names: Vec<String>,
     },
+    /// Move a partition's leadership to the replica on `to`.
+    TransferLeader {
+        /// The topic.
+        topic: String,
+        /// The partition index.
+        partition: u32,
+        /// The node that should lead.
+        to: i32,
+        /// How long to wait for it to lead (0: not at all).
+        timeout_ms: u32,
+    },
 }
 
 /// Runs a [`PartitionOp`] on `service`, the owning shard's, counting it in
 /// that shard's per-partition `metrics`.
-pub async fn execute<S: PartitionService>(
-    service: &S,
-    metrics: &ShardMetrics,
-    op: PartitionOp,
-) -> OpReply {
+pub async fn execute(service: &RaftService, metrics: &ShardMetrics, op: PartitionOp) -> OpReply {
     match op {
         PartitionOp::Produce {
             partition,
@@ -245,9 +279,9 @@ impl ShardRouter {
     }
 
     /// Runs `op` on shard `owner`: here with `service`, else by message.
-    pub async fn run<S: PartitionService>(
+    pub async fn run(
         &self,
-        service: &S,
+        service: &RaftService,
         metrics: &ShardMetrics,
         owner: u16,
         op: PartitionOp,
@@ -282,15 +316,22 @@ impl ShardRouter {
         receive.await.map_err(|_| stopping())
     }
 
-    /// Sends `snapshot` to shard `shard` and waits until it applied it.
-    pub async fn push_topics(
+    /// Sends `view` to shard `shard` and waits until it applied it.
+    pub async fn push_view(&self, shard: u16, view: Arc<ClusterView>) -> Result<(), ServiceError> {
+        let (reply, receive) = oneshot::channel();
+        self.send(shard, ShardMsg::View { view, reply }).await?;
+        receive.await.map_err(|_| stopping())?
+    }
+
+    /// The state of shard `shard`'s replicas of `groups`.
+    pub async fn describe(
         &self,
         shard: u16,
-        snapshot: Arc<TopicsSnapshot>,
-    ) -> Result<(), ServiceError> {
+        groups: Option<std::collections::HashSet<u64>>,
+    ) -> Result<Vec<ReplicaStatus>, ServiceError> {
         let (reply, receive) = oneshot::channel();
-        self.send(shard, ShardMsg::Topics { snapshot, reply })
+        self.send(shard, ShardMsg::Describe { groups, reply })
             .await?;
-        receive.await.map_err(|_| stopping())?
+        receive.await.map_err(|_| stopping())
     }
 }

@@ -1,28 +1,22 @@
-//! What a shard does with a partition it owns: [`PartitionService`], and
-//! [`LocalLogService`], the single-replica implementation that appends
-//! straight to the shard log.
-//!
-//! The Raft layer implements [`PartitionService`] too
-//! ([`RaftService`](super::raft_service::RaftService): one Raft loop per
-//! shard over its partitions' `RawNode`s, writing through the same
-//! `ShardLog`), and serves by default; the request handling and routing
-//! above it do not depend on which one runs.
+//! The vocabulary of a shard's partition service
+//! ([`RaftService`](super::raft_service::RaftService)): its errors, the
+//! arguments and results of produce, fetch and list-offsets, the checks a
+//! produced batch passes, and [`Visible`], what readers may see of each
+//! partition and the long-polls waiting for more.
 //!
 //! Hot path (produce, fetch): one append or one read per item, no
 //! allocation per record.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::Future;
-use std::rc::Rc;
 use std::time::Instant;
 
 use bytes::Bytes;
 use event_listener::Event;
 use shardmq_net::Shutdown;
 use shardmq_schema::batch::{BatchError, RecordBatchView};
-use shardmq_schema::protocol::{Acks, ErrorCode, OffsetSpec};
-use shardmq_storage::{EntryKind, EntryRef, PartitionId, ShardLog, StorageError};
+use shardmq_schema::protocol::{ErrorCode, OffsetSpec};
+use shardmq_storage::{PartitionId, ShardLog, StorageError};
 
 /// An error a client gets for one partition item: a stable code and a
 /// message.
@@ -33,6 +27,9 @@ pub struct ServiceError {
     pub code: ErrorCode,
     /// Detail for people.
     pub message: String,
+    /// With NotLeader: the node id of the leader the replica knows of (the
+    /// handler turns it into a `LeaderHint`).
+    pub leader: Option<i32>,
 }
 
 impl ServiceError {
@@ -41,6 +38,16 @@ impl ServiceError {
         Self {
             code,
             message: message.into(),
+            leader: None,
+        }
+    }
+
+    /// A NotLeader error naming the leader this replica knows of.
+    pub fn not_leader(leader: Option<i32>, message: impl Into<String>) -> Self {
+        Self {
+            code: ErrorCode::NotLeader,
+            message: message.into(),
+            leader,
         }
     }
 }
@@ -66,6 +73,10 @@ pub struct FetchArgs {
     pub max_bytes: u32,
     /// Wait for new data until then when none is available at `offset`.
     pub wait_until: Option<Instant>,
+    /// Serve from this replica even when it is a follower (up to the commit
+    /// it knows); otherwise only a leader that has committed in its term
+    /// serves.
+    pub allow_follower: bool,
 }
 
 /// What a fetch read.
@@ -88,69 +99,6 @@ pub struct ListOffsetsResult {
     pub timestamp_ms: i64,
 }
 
-/// The operations on partitions a shard owns. Shard view: implemented by
-/// a type that lives on one shard (`!Send` futures).
-pub trait PartitionService: 'static {
-    /// Appends one record batch, answering once `acks` is met. With acks
-    /// None the result is still returned (the handler sends nothing).
-    fn produce(
-        &self,
-        partition: PartitionId,
-        acks: Acks,
-        batch: Bytes,
-    ) -> impl Future<Output = Result<ProduceResult, ServiceError>>;
-
-    /// Reads from `args.offset`, never past the high watermark, waiting up
-    /// to `args.wait_until` when nothing is there yet.
-    fn fetch(
-        &self,
-        partition: PartitionId,
-        args: FetchArgs,
-    ) -> impl Future<Output = Result<FetchResult, ServiceError>>;
-
-    /// Looks up an offset by position or timestamp.
-    fn list_offsets(
-        &self,
-        partition: PartitionId,
-        spec: OffsetSpec,
-        timestamp_ms: i64,
-    ) -> impl Future<Output = Result<ListOffsetsResult, ServiceError>>;
-
-    /// Creates the partition on this shard (idempotent), durably.
-    fn create_partition(
-        &self,
-        partition: PartitionId,
-    ) -> impl Future<Output = Result<(), ServiceError>>;
-
-    /// Deletes the partition and its data, durably.
-    fn delete_partition(
-        &self,
-        partition: PartitionId,
-    ) -> impl Future<Output = Result<(), ServiceError>>;
-
-    /// Partitions this shard holds, and how many of them it leads.
-    fn counts(&self) -> (u64, u64);
-
-    /// The partitions this shard holds.
-    fn partitions(&self) -> Vec<PartitionId>;
-
-    /// The shard log the partitions live in (statistics, retention).
-    fn log(&self) -> &ShardLog;
-
-    /// The first index of `partition` that retention must keep: nothing
-    /// at or after it may be dropped (it is not yet applied, or not yet
-    /// durable). `None` when the partition is not served here.
-    fn retain_from(&self, partition: PartitionId) -> Option<u64>;
-
-    /// Ends every fetch waiting for data (each answers with what there
-    /// is), now and from now on: the shard is stopping and must not wait
-    /// out long-polls before it can close.
-    fn end_waits(&self);
-
-    /// Makes everything durable and refuses further work.
-    fn close(&self) -> impl Future<Output = Result<(), ServiceError>>;
-}
-
 /// Milliseconds since the Unix epoch: the log-append time of a produce.
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -158,7 +106,7 @@ pub(crate) fn now_ms() -> i64 {
         .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Limits a [`LocalLogService`] enforces on produced batches.
+/// Limits the service enforces on produced batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProduceLimits {
     /// Largest batch.
@@ -207,14 +155,6 @@ impl Visible {
         self.marks.borrow().get(&partition).copied().ok_or_else(|| {
             ServiceError::new(ErrorCode::UnknownPartition, "partition not on this shard")
         })
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.marks.borrow().len()
-    }
-
-    pub(crate) fn partitions(&self) -> Vec<PartitionId> {
-        self.marks.borrow().keys().copied().collect()
     }
 
     pub(crate) fn insert_if_absent(&self, partition: PartitionId, mark: Watermark) {
@@ -387,28 +327,6 @@ impl Visible {
     }
 }
 
-/// The single-replica partition service: appends straight to the shard
-/// log, with no replication. Acks All appends then syncs; acks Leader and
-/// None append and let the background flusher sync. The high watermark is
-/// what is synced, so a fetch never sees a record a crash could lose.
-/// Kept beside the Raft-backed service (`[raft] enabled = false`). Shard
-/// view: owned by one shard.
-#[derive(Debug)]
-pub struct LocalLogService {
-    log: ShardLog,
-    limits: ProduceLimits,
-    /// Durable end per partition.
-    visible: Visible,
-    /// Appended end per partition not yet known durable.
-    pending: RefCell<HashMap<PartitionId, Watermark>>,
-    /// Notified when there is something to sync for the flusher.
-    dirty: Event,
-    /// Serialises appends: an append picks the next Raft index before it
-    /// may wait for staging space.
-    append_lock: glommio::sync::Semaphore,
-    closing: Shutdown,
-}
-
 pub(crate) fn storage_error(error: StorageError) -> ServiceError {
     match error {
         StorageError::UnknownPartition(_) => ServiceError::new(
@@ -464,208 +382,4 @@ pub(crate) fn check_batch(limits: &ProduceLimits, batch: &[u8]) -> Result<u32, S
         }
     }
     Ok(view.offset_count())
-}
-
-impl LocalLogService {
-    /// The service over `log`, whose partitions were all recovered
-    /// durable. Start [`run_flusher`](Self::run_flusher) beside it.
-    pub fn new(log: ShardLog, limits: ProduceLimits) -> Rc<Self> {
-        let mut watermarks = HashMap::new();
-        for id in log.partitions() {
-            if let (Ok(offset), Ok(index)) = (log.next_offset(id), log.last_index(id)) {
-                watermarks.insert(id, Watermark { offset, index });
-            }
-        }
-        Rc::new(Self {
-            log,
-            limits,
-            visible: Visible::new(watermarks),
-            pending: RefCell::new(HashMap::new()),
-            dirty: Event::new(),
-            append_lock: glommio::sync::Semaphore::new(1),
-            closing: Shutdown::new(),
-        })
-    }
-
-    /// The shard log.
-    pub fn log(&self) -> &ShardLog {
-        &self.log
-    }
-
-    /// Syncs appends made without acks All, until [`close`]. Runs as a
-    /// task of the shard.
-    ///
-    /// [`close`]: PartitionService::close
-    pub async fn run_flusher(self: Rc<Self>) {
-        loop {
-            let listener = self.dirty.listen();
-            if self.closing.is_triggered() {
-                return;
-            }
-            if self.pending.borrow().is_empty() {
-                futures_lite::future::or(listener, self.closing.listen()).await;
-                continue;
-            }
-            if let Err(error) = self.sync_and_publish().await {
-                tracing::error!(%error, "shard log sync failed");
-                // The log is poisoned; every later append fails too.
-                return;
-            }
-        }
-    }
-
-    /// Syncs everything appended so far and moves the watermarks of what
-    /// it covered.
-    async fn sync_and_publish(&self) -> Result<(), ServiceError> {
-        let covered = std::mem::take(&mut *self.pending.borrow_mut());
-        if let Err(error) = self.log.sync().await {
-            // Not durable: put them back for a later round (which will fail
-            // too: the log is poisoned).
-            let mut pending = self.pending.borrow_mut();
-            for (id, mark) in covered {
-                pending.entry(id).or_insert(mark);
-            }
-            return Err(storage_error(error));
-        }
-        if !covered.is_empty() {
-            for (id, mark) in covered {
-                self.visible.raise(id, mark);
-            }
-            self.visible.notify();
-        }
-        Ok(())
-    }
-}
-
-impl PartitionService for LocalLogService {
-    async fn produce(
-        &self,
-        partition: PartitionId,
-        acks: Acks,
-        batch: Bytes,
-    ) -> Result<ProduceResult, ServiceError> {
-        if self.closing.is_triggered() {
-            return Err(ServiceError::new(
-                ErrorCode::BrokerShuttingDown,
-                "the shard is stopping",
-            ));
-        }
-        self.visible.get(partition)?;
-        check_batch(&self.limits, &batch)?;
-        let permit = self.append_lock.acquire_permit(1).await.map_err(|_| {
-            ServiceError::new(ErrorCode::BrokerShuttingDown, "the shard is stopping")
-        })?;
-        let index = self.log.last_index(partition).map_err(storage_error)? + 1;
-        // One replica, one term: the leader epoch stamped into batches is 1.
-        let entry = EntryRef {
-            index,
-            term: 1,
-            kind: EntryKind::Data,
-            payload: &batch,
-        };
-        let outcome = self
-            .log
-            .append(partition, &[entry])
-            .await
-            .map_err(storage_error)?;
-        let log_append_time_ms = now_ms();
-        drop(permit);
-        self.pending.borrow_mut().insert(
-            partition,
-            Watermark {
-                offset: outcome.next_offset,
-                index: outcome.last_index,
-            },
-        );
-        if acks == Acks::All {
-            self.sync_and_publish().await?;
-        } else {
-            self.dirty.notify(1);
-        }
-        Ok(ProduceResult {
-            base_offset: outcome.base_offset as i64,
-            log_append_time_ms,
-            log_start_offset: self
-                .log
-                .log_start_offset(partition)
-                .map_or(-1, |o| o as i64),
-        })
-    }
-
-    async fn fetch(
-        &self,
-        partition: PartitionId,
-        args: FetchArgs,
-    ) -> Result<FetchResult, ServiceError> {
-        self.visible.fetch(&self.log, partition, args).await
-    }
-
-    async fn list_offsets(
-        &self,
-        partition: PartitionId,
-        spec: OffsetSpec,
-        timestamp_ms: i64,
-    ) -> Result<ListOffsetsResult, ServiceError> {
-        self.visible
-            .list_offsets(&self.log, partition, spec, timestamp_ms)
-            .await
-    }
-
-    async fn create_partition(&self, partition: PartitionId) -> Result<(), ServiceError> {
-        self.log
-            .create_partition(partition)
-            .await
-            .map_err(storage_error)?;
-        self.log.sync().await.map_err(storage_error)?;
-        self.visible.insert_if_absent(
-            partition,
-            Watermark {
-                offset: self.log.next_offset(partition).unwrap_or(0),
-                index: self.log.last_index(partition).unwrap_or(0),
-            },
-        );
-        Ok(())
-    }
-
-    async fn delete_partition(&self, partition: PartitionId) -> Result<(), ServiceError> {
-        self.pending.borrow_mut().remove(&partition);
-        self.visible.remove(partition);
-        match self.log.remove_partition(partition).await {
-            Ok(()) | Err(StorageError::UnknownPartition(_)) => {}
-            Err(error) => return Err(storage_error(error)),
-        }
-        self.log.sync().await.map_err(storage_error)?;
-        self.visible.notify();
-        Ok(())
-    }
-
-    fn counts(&self) -> (u64, u64) {
-        let n = self.visible.len() as u64;
-        (n, n)
-    }
-
-    fn partitions(&self) -> Vec<PartitionId> {
-        self.log.partitions()
-    }
-
-    fn log(&self) -> &ShardLog {
-        &self.log
-    }
-
-    fn retain_from(&self, partition: PartitionId) -> Option<u64> {
-        // What is visible is durable; the rest may still be in a round.
-        self.visible.get(partition).ok().map(|mark| mark.index + 1)
-    }
-
-    fn end_waits(&self) {
-        self.visible.end_waits();
-    }
-
-    async fn close(&self) -> Result<(), ServiceError> {
-        self.visible.end_waits();
-        self.closing.trigger();
-        self.dirty.notify(usize::MAX);
-        self.sync_and_publish().await?;
-        self.log.close().await.map_err(storage_error)
-    }
 }

@@ -1,60 +1,105 @@
-//! One shard: its shard log and partition service, its two listeners (the
-//! shared client port and its own port), its mesh endpoint, and its view
-//! of the topic metadata; shard 0 also owns the [`TopicStore`].
+//! One shard: its shard log and partition service, its inter-broker links
+//! and listener, its two client listeners (the shared client port and its
+//! own port), its mesh endpoint, and its view of the cluster; shard 0 also
+//! runs the controller replica.
 //!
-//! Start-up, on every shard: join the mesh, open the shard log, bind the
-//! shard port (shard 0 also binds the client port), say hello to every
-//! peer, wait for every peer's hello (shard 0's carries the client port,
-//! which the others then bind), receive the topic metadata from shard 0 and
-//! create the partitions it places here, then serve.
+//! Start-up, on every shard: join the mesh, open the shard log, open the
+//! service (shard 0: and the controller, whose metadata is recovered from
+//! its snapshot and log), start the shard loop, bind the inter-broker port
+//! (the broker's + shard index) and the client ports, say hello to every
+//! peer shard, then apply the first cluster view (shard 0 makes it and
+//! sends it to every shard), which creates the replicas placed here, and
+//! serve. Shard 0 then registers the broker with the cluster.
 //!
-//! Stop: stop accepting and finish the requests in flight on both
+//! Stop: stop accepting and finish the requests in flight on both client
 //! listeners, tell every peer this shard is drained, wait until every peer
 //! is (so no forwarded operation can still arrive), finish the operations
-//! peers forwarded, then sync and close the shard log.
+//! peers forwarded, close the inter-broker links, then stop the loop and
+//! sync and close the shard log.
 
 use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use event_listener::Event;
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers, Senders};
+use shardmq_net::peer::{listen_peers, PeerConfig, PeerIdentity, PeerLinks};
 use shardmq_net::{listen, ConnLimits, Shutdown};
-use shardmq_storage::{PartitionId, RetentionPolicy, ShardLog};
+use shardmq_schema::protocol::ErrorCode;
+use shardmq_storage::{RetentionPolicy, ShardLog};
 
+use super::controller_service::{ControllerService, ControllerSettings};
 use super::handler::BrokerHandler;
-use super::raft_service::RaftService;
+use super::identity::BrokerIdentity;
+use super::raft_service::{LeadershipReport, RaftService, ReplicaStatus};
 use super::router::{execute, AdminOp, ShardMsg, ShardRouter};
-use super::service::{LocalLogService, PartitionService, ProduceLimits, ServiceError};
-use super::topics::{TopicStore, TopicsSnapshot};
+use super::service::{ProduceLimits, ServiceError};
+use super::transport::{ClusterAdmission, PeerTransport, ShardPeerHandler};
+use super::view::ClusterView;
 use crate::config::Config;
+use crate::controller::{BrokerRegistration, Command, NodeId};
 use crate::metrics::ShardMetrics;
 
 /// Messages a shard may have queued from each peer.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 
+/// How often each shard sends the leaderships its replicas took to shard
+/// 0, and shard 0 records them and runs the failure detector.
+const REPORT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How often each shard re-sends the leaderships the metadata does not show
+/// (a report lost to a controller failover) and re-checks rebalancing.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Longest CreateTopics waits for the new partitions' leaders when the
+/// request asks to wait.
+const CREATE_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// Longest an admin request waits for this broker's own registration.
+const REGISTRATION_WAIT: Duration = Duration::from_secs(10);
+
+/// Exit code of a broker the cluster refused (its identity does not match
+/// what the cluster recorded).
+pub const EXIT_REFUSED: i32 = 3;
+
+/// Stops the process: the cluster refused this broker for who it is.
+pub fn exit_refused(message: &str) -> ! {
+    tracing::error!(message, "stopping: refused by the cluster");
+    eprintln!("shardmq-broker: refused by the cluster: {message}");
+    std::process::exit(EXIT_REFUSED);
+}
+
 /// Everything one shard's tasks share. Shard view: owned by one shard,
 /// `!Send`.
-pub struct ShardCtx<S> {
+pub struct ShardCtx {
     /// This shard's index.
     pub shard: u16,
     /// The broker configuration.
     pub config: Config,
-    /// The partitions this shard owns.
-    pub service: Rc<S>,
+    /// Who this broker is.
+    pub identity: BrokerIdentity,
+    /// The replicas this shard owns.
+    pub service: Rc<RaftService>,
+    /// The controller replica (shard 0 only).
+    pub controller: Option<Rc<ControllerService>>,
     /// The way to the other shards.
     pub router: ShardRouter,
     /// This shard's counters.
     pub metrics: Arc<ShardMetrics>,
-    /// The topic metadata as this shard last received it.
-    pub topics: RefCell<Arc<TopicsSnapshot>>,
-    /// The topic store (shard 0 only).
-    pub store: Option<RefCell<TopicStore>>,
+    /// The cluster as this shard last received it.
+    pub view: RefCell<Arc<ClusterView>>,
+    /// The inter-broker links of this shard (none for a broker alone).
+    pub links: Option<Rc<PeerLinks>>,
+    /// Who may connect to this shard's inter-broker listener.
+    pub admission: Option<Rc<ClusterAdmission>>,
+    /// What this shard's inter-broker listener received.
+    pub inbound_stats: RefCell<Option<shardmq_net::peer::InboundStatsHandle>>,
     /// Serialises metadata changes (shard 0).
     pub admin_lock: glommio::sync::Semaphore,
     /// The port of each shard's own listener, by shard index.
@@ -65,8 +110,8 @@ pub struct ShardCtx<S> {
     pub advertised_host: String,
     /// Triggered once every peer said hello.
     hellos_done: Shutdown,
-    /// Triggered once the first topic metadata is applied.
-    topics_ready: Shutdown,
+    /// Triggered once the first cluster view is applied.
+    view_ready: Shutdown,
     /// Operations forwarded by peers still running.
     inbound: Cell<usize>,
     inbound_done: Event,
@@ -75,7 +120,7 @@ pub struct ShardCtx<S> {
     all_drained: Shutdown,
 }
 
-impl<S> std::fmt::Debug for ShardCtx<S> {
+impl std::fmt::Debug for ShardCtx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShardCtx")
             .field("shard", &self.shard)
@@ -83,67 +128,74 @@ impl<S> std::fmt::Debug for ShardCtx<S> {
     }
 }
 
-impl<S: PartitionService> ShardCtx<S> {
+fn service_error(code: ErrorCode, message: impl Into<String>) -> ServiceError {
+    ServiceError::new(code, message)
+}
+
+impl ShardCtx {
     /// Number of shards.
     pub fn shards(&self) -> usize {
         self.router.shards()
     }
 
-    /// Applies new topic metadata: creates this shard's new partitions,
-    /// publishes the view, then deletes the partitions that are gone.
-    pub async fn apply_topics(&self, snapshot: Arc<TopicsSnapshot>) -> Result<(), ServiceError> {
-        let first = !self.topics_ready.is_triggered();
-        let old = self.topics.borrow().clone();
-        if !first && snapshot.version <= old.version {
-            return Ok(());
+    /// This broker's node id.
+    pub fn node_id(&self) -> NodeId {
+        self.config.broker.node_id
+    }
+
+    /// The latest view.
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.view.borrow().clone()
+    }
+
+    /// Applies a new cluster view: reconciles this shard's replicas with it
+    /// and makes it the view requests are routed by.
+    pub async fn apply_view(&self, view: Arc<ClusterView>) -> Result<(), ServiceError> {
+        if let Some(admission) = &self.admission {
+            admission.set_known(
+                view.metadata
+                    .brokers
+                    .values()
+                    .map(|b| (b.node_id, b.incarnation))
+                    .collect(),
+            );
         }
-        let mine: std::collections::HashSet<PartitionId> =
-            snapshot.partitions_of_shard(self.shard).collect();
-        let had: std::collections::HashSet<PartitionId> = if first {
-            // On start, whatever the log holds that the metadata does not
-            // (a deletion cut short) goes too.
-            self.service.partitions().into_iter().collect()
-        } else {
-            old.partitions_of_shard(self.shard).collect()
-        };
-        for id in mine.difference(&had) {
-            self.service.create_partition(*id).await?;
+        self.service.apply_view(view.clone()).await?;
+        {
+            let mut current = self.view.borrow_mut();
+            if view.metadata.version >= current.metadata.version {
+                *current = view;
+            }
         }
-        *self.topics.borrow_mut() = snapshot;
-        for id in had.difference(&mine) {
-            self.service.delete_partition(*id).await?;
-        }
-        let (partitions, leaders) = self.service.counts();
-        self.metrics.partitions.store(partitions, Ordering::Relaxed);
-        self.metrics.leaders.store(leaders, Ordering::Relaxed);
-        let snapshot = self.topics.borrow().clone();
+        let snapshot = self.view();
         self.metrics.set_topic_names(
             snapshot
+                .metadata
                 .topics
                 .values()
                 .map(|t| (t.id, t.name.clone()))
                 .collect(),
         );
         self.metrics.retain_partitions(&self.service.partitions());
-        self.topics_ready.trigger();
+        self.view_ready.trigger();
         Ok(())
     }
 
-    /// Sends `snapshot` to every shard, this one included, and waits until
-    /// all applied it.
-    async fn publish_topics(&self, snapshot: Arc<TopicsSnapshot>) -> Result<(), ServiceError> {
-        self.apply_topics(snapshot.clone()).await?;
+    /// Sends `view` to every shard, this one included, and waits until all
+    /// applied it (shard 0).
+    async fn publish_view(&self, view: Arc<ClusterView>) -> Result<(), ServiceError> {
+        self.apply_view(view.clone()).await?;
         for shard in 0..self.shards() as u16 {
             if shard != self.shard {
-                self.router.push_topics(shard, snapshot.clone()).await?;
+                self.router.push_view(shard, view.clone()).await?;
             }
         }
         Ok(())
     }
 
-    /// Runs a metadata change (shard 0 only).
+    /// Runs a metadata change on shard 0 (forwarded there from the others).
     pub async fn run_admin(&self, op: AdminOp) -> Vec<Result<(), ServiceError>> {
-        let Some(store) = &self.store else {
+        let Some(controller) = &self.controller else {
             return match self.router.admin(op).await {
                 Ok(results) => results,
                 Err(error) => vec![Err(error)],
@@ -157,42 +209,197 @@ impl<S: PartitionService> ShardCtx<S> {
             AdminOp::Create {
                 topics,
                 validate_only,
+                timeout_ms,
             } => {
                 for spec in topics {
-                    let next = store.borrow().with_created(&spec);
-                    results.push(match next {
-                        Ok(_) if validate_only => Ok(()),
-                        Ok(next) => self.commit(store, next).await,
-                        Err(error) => Err(error),
-                    });
+                    results.push(
+                        self.create_topic(controller, spec, validate_only, timeout_ms)
+                            .await,
+                    );
                 }
             }
             AdminOp::Delete { names } => {
                 for name in names {
-                    let next = store.borrow().with_deleted(&name);
-                    results.push(match next {
-                        Ok(next) => self.commit(store, next).await,
-                        Err(error) => Err(error),
-                    });
+                    let command = Command::DeleteTopic { name };
+                    results.push(controller.submit(command).await.map(|_| ()));
                 }
+            }
+            AdminOp::TransferLeader {
+                topic,
+                partition,
+                to,
+                timeout_ms,
+            } => {
+                results.push(
+                    self.transfer_leader(controller, topic, partition, to, timeout_ms)
+                        .await,
+                );
             }
         }
         results
     }
 
-    async fn commit(
+    async fn create_topic(
         &self,
-        store: &RefCell<TopicStore>,
-        next: TopicsSnapshot,
+        controller: &ControllerService,
+        spec: super::router::NewTopicSpec,
+        validate_only: bool,
+        timeout_ms: u32,
     ) -> Result<(), ServiceError> {
-        store.borrow_mut().commit(next).map_err(|error| {
-            ServiceError::new(
-                shardmq_schema::protocol::ErrorCode::StorageError,
-                error.to_string(),
-            )
-        })?;
-        let snapshot = Arc::new(store.borrow().snapshot().clone());
-        self.publish_topics(snapshot).await
+        let b = &self.config.broker;
+        let partitions = match spec.partitions {
+            -1 => b.default_partitions,
+            n if n >= 1 && n as u32 <= b.partitions_max => n as u32,
+            n => {
+                return Err(service_error(
+                    ErrorCode::InvalidPartitions,
+                    format!(
+                        "{n} partitions: must be within 1..={} (or -1 for the default)",
+                        b.partitions_max
+                    ),
+                ))
+            }
+        };
+        let replication_factor = match spec.replication_factor {
+            -1 => b.default_replication_factor,
+            n if n >= 1 => n as u16,
+            n => {
+                return Err(service_error(
+                    ErrorCode::InvalidReplicationFactor,
+                    format!("replication factor {n}: must be at least 1 (or -1 for the default)"),
+                ))
+            }
+        };
+        // Right after start-up this broker may not be registered yet; the
+        // replication factor is checked against the registered brokers.
+        let deadline = Instant::now() + REGISTRATION_WAIT;
+        while !controller
+            .view()
+            .metadata
+            .brokers
+            .contains_key(&self.node_id())
+            && Instant::now() < deadline
+        {
+            controller.changed(Duration::from_millis(100)).await;
+        }
+        let command = Command::CreateTopic {
+            name: spec.name.clone(),
+            partitions,
+            replication_factor,
+            configs: spec.configs,
+        };
+        if validate_only {
+            // Applied to a copy: what the controller would answer now.
+            let mut copy = controller.view().metadata.clone();
+            let index = copy.applied_index + 1;
+            return copy
+                .apply(index, &command)
+                .map(|_| ())
+                .map_err(|e| service_error(e.code(), e.to_string()));
+        }
+        controller.submit(command).await?;
+        if timeout_ms == 0 {
+            return Ok(());
+        }
+        // Wait until every partition has a leader recorded.
+        let deadline =
+            Instant::now() + Duration::from_millis(u64::from(timeout_ms)).min(CREATE_WAIT_MAX);
+        loop {
+            let listener = controller.listen();
+            let led = controller
+                .view()
+                .metadata
+                .topic(&spec.name)
+                .is_some_and(|t| t.partitions.iter().all(|p| p.leader.is_some()));
+            if led {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                // Created; its leaders are still being elected.
+                return Ok(());
+            }
+            let timer =
+                glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now()));
+            futures_lite::future::or(listener, async {
+                timer.await;
+            })
+            .await;
+        }
+    }
+
+    async fn transfer_leader(
+        &self,
+        controller: &ControllerService,
+        topic: String,
+        partition: u32,
+        to: NodeId,
+        timeout_ms: u32,
+    ) -> Result<(), ServiceError> {
+        controller
+            .submit(Command::MigrateLeader {
+                topic: topic.clone(),
+                partition,
+                to,
+            })
+            .await?;
+        if timeout_ms == 0 {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_millis(u64::from(timeout_ms));
+        loop {
+            let listener = controller.listen();
+            let leader = controller
+                .view()
+                .metadata
+                .topic(&topic)
+                .and_then(|t| t.partition(partition))
+                .and_then(|a| a.leader);
+            if leader == Some(to) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(service_error(
+                    ErrorCode::RequestTimedOut,
+                    format!(
+                        "node {to} does not lead {topic}/{partition} yet (leader: {leader:?}); the \
+                         move was recorded and goes on"
+                    ),
+                ));
+            }
+            let timer =
+                glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now()));
+            futures_lite::future::or(listener, async {
+                timer.await;
+            })
+            .await;
+        }
+    }
+
+    /// The state of every shard's replicas of `groups` on this broker.
+    pub async fn describe_all(&self, groups: Option<HashSet<u64>>) -> Vec<ReplicaStatus> {
+        let mut out = self.service.describe(groups.as_ref());
+        for shard in 0..self.shards() as u16 {
+            if shard != self.shard {
+                if let Ok(more) = self.router.describe(shard, groups.clone()).await {
+                    out.extend(more);
+                }
+            }
+        }
+        out
+    }
+
+    /// Leaderships to report to the controller: on shard 0 directly, from
+    /// the others by message.
+    async fn report(&self, reports: Vec<LeadershipReport>) {
+        if reports.is_empty() {
+            return;
+        }
+        match &self.controller {
+            Some(controller) => controller.report(reports),
+            None => {
+                let _ = self.router.send(0, ShardMsg::Reports { reports }).await;
+            }
+        }
     }
 
     /// Handles one message from peer `peer`.
@@ -217,7 +424,7 @@ impl<S: PartitionService> ShardCtx<S> {
                 self.inbound.set(self.inbound.get() + 1);
                 let ctx = self.clone();
                 glommio::spawn_local(async move {
-                    let done = async { Some(execute(&*ctx.service, &ctx.metrics, op).await) };
+                    let done = async { Some(execute(&ctx.service, &ctx.metrics, op).await) };
                     let cancelled = async {
                         reply.cancellation().await;
                         None
@@ -237,12 +444,20 @@ impl<S: PartitionService> ShardCtx<S> {
                 })
                 .detach();
             }
-            ShardMsg::Topics { snapshot, reply } => {
+            ShardMsg::View { view, reply } => {
                 let ctx = self.clone();
                 glommio::spawn_local(async move {
-                    let _ = reply.send(ctx.apply_topics(snapshot).await);
+                    let _ = reply.send(ctx.apply_view(view).await);
                 })
                 .detach();
+            }
+            ShardMsg::Reports { reports } => {
+                if let Some(controller) = &self.controller {
+                    controller.report(reports);
+                }
+            }
+            ShardMsg::Describe { groups, reply } => {
+                let _ = reply.send(self.service.describe(groups.as_ref()));
             }
             ShardMsg::Drained => {
                 self.drained_peers.set(self.drained_peers.get() + 1);
@@ -270,6 +485,8 @@ pub struct ShardStart {
     pub shard: u16,
     /// The configuration.
     pub config: Config,
+    /// Who this broker is.
+    pub identity: BrokerIdentity,
     /// The mesh every shard joins.
     pub mesh: MeshBuilder<ShardMsg, Full>,
     /// This shard's counters.
@@ -298,11 +515,18 @@ pub struct ShardError {
     pub what: String,
 }
 
+/// The inter-broker address of `shard` of the broker whose shard 0 is at
+/// `base`.
+fn shard_addr(base: SocketAddr, shard: u16) -> Option<SocketAddr> {
+    Some(SocketAddr::new(base.ip(), base.port().checked_add(shard)?))
+}
+
 /// Runs one shard until the stop signal, then stops it cleanly.
 pub async fn run_shard(start: ShardStart) -> Result<(), ShardError> {
     let ShardStart {
         shard,
         config,
+        identity,
         mesh,
         metrics,
         stop,
@@ -314,6 +538,7 @@ pub async fn run_shard(start: ShardStart) -> Result<(), ShardError> {
         .join()
         .await
         .map_err(|error| fail(format!("cannot join the shard mesh: {error}")))?;
+    let node_id = config.broker.node_id;
 
     let dir: PathBuf = config.broker.data_dir.join(format!("shard-{shard}"));
     let (log, report) = ShardLog::open(config.storage.log_config(&dir))
@@ -335,98 +560,176 @@ pub async fn run_shard(start: ShardStart) -> Result<(), ShardError> {
         batch_bytes_max: config.limits.batch_bytes_max,
         record_bytes_max: config.limits.record_bytes_max,
     };
-    let commit_latency = Arc::clone(&metrics.commit_latency);
-    let serving = Serving {
+
+    // The inter-broker side: links to every other broker's shards, and who
+    // may connect here.
+    let cluster = &config.cluster;
+    let clustered = !cluster.peers.is_empty();
+    let admission = clustered.then(|| {
+        Rc::new(ClusterAdmission::new(
+            cluster.cluster_id.clone(),
+            cluster.members(node_id),
+            Box::new(|message: String| exit_refused(&message)),
+        ))
+    });
+    let peer_identity = PeerIdentity {
+        cluster_id: cluster.cluster_id.clone(),
+        node_id,
+        incarnation: identity.incarnation,
         shard,
-        config: config.clone(),
+    };
+    let links = admission.as_ref().map(|admission| {
+        let links = Rc::new(PeerLinks::new(
+            peer_identity.clone(),
+            PeerConfig::default(),
+            admission.clone(),
+            identity.incarnation ^ u64::from(shard),
+        ));
+        for peer in &cluster.peers {
+            if peer.node_id != node_id {
+                links.set_address(peer.node_id, peer.addr);
+            }
+        }
+        links
+    });
+    let service = RaftService::new(
+        log,
+        node_id,
+        shard,
+        &config.raft,
+        (cluster.leader_rebalance_delay_ms > 0)
+            .then(|| Duration::from_millis(cluster.leader_rebalance_delay_ms)),
+        limits,
+        PeerTransport::new(links.clone()),
+        metrics.clone(),
+    );
+    let peer_handler = ShardPeerHandler::new(&service);
+    let controller = if shard == 0 {
+        let voters = cluster.voters(node_id);
+        let learners: Vec<NodeId> = cluster
+            .members(node_id)
+            .into_iter()
+            .filter(|n| !voters.contains(n))
+            .collect();
+        let settings = ControllerSettings {
+            cluster_id: cluster.cluster_id.clone(),
+            node_id,
+            voters,
+            learners,
+            dir: config.broker.data_dir.join("controller"),
+            snapshot_entries: cluster.controller_snapshot_entries,
+            session_timeout: Duration::from_millis(cluster.broker_session_timeout_ms),
+        };
+        let controller = ControllerService::open(settings, service.clone(), links.clone())
+            .await
+            .map_err(|error| fail(format!("cannot open the controller: {error}")))?;
+        service.set_controller(controller.clone());
+        peer_handler.set_controller(controller.clone());
+        Some(controller)
+    } else {
+        None
+    };
+    let driver = glommio::spawn_local(service.clone().run());
+
+    let peer_server = match (&admission, cluster.peer_addr(node_id)) {
+        (Some(admission), Some(base)) => {
+            let addr = shard_addr(base, shard)
+                .ok_or_else(|| fail("the inter-broker port + shard exceeds 65535".into()))?;
+            let server = listen_peers(
+                addr,
+                peer_identity,
+                PeerConfig::default(),
+                admission.clone(),
+                peer_handler.clone(),
+            )
+            .map_err(|error| {
+                fail(format!(
+                    "cannot listen for other brokers on {addr}: {error} (is another broker \
+                     using this node id's address?)"
+                ))
+            })?;
+            Some(server)
+        }
+        _ => None,
+    };
+
+    serve(Serving {
+        shard,
+        config,
+        identity,
         metrics,
         stop,
         ready,
         senders,
         receivers,
         shards,
-    };
-    tracing::info!(shard, raft = config.raft.enabled, "partition service");
-    if config.raft.enabled {
-        let service = RaftService::open(
-            log,
-            config.broker.node_id,
-            &config.raft,
-            limits,
-            commit_latency,
-        )
-        .await
-        .map_err(|error| fail(format!("cannot open the raft groups: {error}")))?;
-        let driver = glommio::spawn_local(service.clone().run());
-        service
-            .wait_leading()
-            .await
-            .map_err(|error| fail(format!("the partitions do not lead again: {error}")))?;
-        serve(serving, service, driver).await
-    } else {
-        let service = LocalLogService::new(log, limits);
-        let flusher = glommio::spawn_local(service.clone().run_flusher());
-        serve(serving, service, flusher).await
-    }
+        service,
+        controller,
+        links,
+        admission,
+        peer_server,
+        driver,
+    })
+    .await
 }
 
-/// What a shard whose log is open needs to serve.
+/// What a shard whose log and service are open needs to serve.
 struct Serving {
     shard: u16,
     config: Config,
+    identity: BrokerIdentity,
     metrics: Arc<ShardMetrics>,
     stop: oneshot::Receiver<()>,
     ready: Box<dyn FnOnce() + Send>,
     senders: Senders<ShardMsg>,
     receivers: Receivers<ShardMsg>,
     shards: usize,
+    service: Rc<RaftService>,
+    controller: Option<Rc<ControllerService>>,
+    links: Option<Rc<PeerLinks>>,
+    admission: Option<Rc<ClusterAdmission>>,
+    peer_server: Option<shardmq_net::peer::PeerServer<ShardPeerHandler>>,
+    driver: glommio::Task<()>,
 }
 
-/// Serves with `service` (whose background task is `background`) until
-/// the stop signal, then stops cleanly.
-async fn serve<S: PartitionService>(
-    serving: Serving,
-    service: Rc<S>,
-    background: glommio::Task<()>,
-) -> Result<(), ShardError> {
+/// Serves until the stop signal, then stops cleanly.
+async fn serve(serving: Serving) -> Result<(), ShardError> {
     let Serving {
         shard,
         config,
+        identity,
         metrics,
         stop,
         ready,
         senders,
         mut receivers,
         shards,
+        service,
+        controller,
+        links,
+        admission,
+        peer_server,
+        driver,
     } = serving;
     let fail = |what: String| ShardError { shard, what };
-    let store = if shard == 0 {
-        Some(RefCell::new(
-            TopicStore::open(
-                &config.broker.data_dir,
-                shards as u16,
-                config.broker.default_partitions,
-                config.broker.partitions_max,
-            )
-            .map_err(|error| fail(error.to_string()))?,
-        ))
-    } else {
-        None
-    };
     let ctx = Rc::new(ShardCtx {
         shard,
         advertised_host: config.advertised_host(),
         config: config.clone(),
+        identity,
         service,
+        controller,
         router: ShardRouter::new(shard, shards, senders),
         metrics: metrics.clone(),
-        topics: RefCell::new(Arc::new(TopicsSnapshot::default())),
-        store,
+        view: RefCell::new(Arc::new(ClusterView::default())),
+        links,
+        admission,
+        inbound_stats: RefCell::new(peer_server.as_ref().map(|s| s.stats_handle())),
         admin_lock: glommio::sync::Semaphore::new(1),
         shard_ports: RefCell::new(vec![0; shards]),
         client_port: Cell::new(0),
         hellos_done: Shutdown::new(),
-        topics_ready: Shutdown::new(),
+        view_ready: Shutdown::new(),
         inbound: Cell::new(0),
         inbound_done: Event::new(),
         drained_peers: Cell::new(0),
@@ -443,6 +746,9 @@ async fn serve<S: PartitionService>(
         })
         .detach();
     }
+
+    let peer_stop = peer_server.as_ref().map(|s| s.shutdown_handle());
+    let peer_serving = peer_server.map(|server| glommio::spawn_local(server.serve()));
 
     let limits = ConnLimits {
         in_flight_max: config.limits.in_flight_max,
@@ -490,16 +796,37 @@ async fn serve<S: PartitionService>(
         .map_err(|error| fail(error.to_string()))?,
     };
 
-    // Topic metadata: shard 0 publishes what its store holds; the others
-    // wait for it.
-    if let Some(store) = &ctx.store {
-        let snapshot = Arc::new(store.borrow().snapshot().clone());
-        ctx.publish_topics(snapshot)
+    // The cluster view: shard 0 publishes what its controller holds; the
+    // others wait for it.
+    let mut shard0_tasks = Vec::new();
+    if let Some(controller) = ctx.controller.clone() {
+        ctx.publish_view(controller.view())
             .await
-            .map_err(|error| fail(format!("cannot apply topic metadata: {error}")))?;
+            .map_err(|error| fail(format!("cannot apply the cluster metadata: {error}")))?;
+        shard0_tasks.push(glommio::spawn_local(publisher(
+            ctx.clone(),
+            controller.clone(),
+        )));
+        shard0_tasks.push(glommio::spawn_local(controller_ticks(
+            ctx.clone(),
+            controller.clone(),
+        )));
     } else {
-        ctx.topics_ready.listen().await;
+        ctx.view_ready.listen().await;
     }
+    // Shard 0 is ready once the broker is registered with the cluster (so
+    // /health says 200 only for a broker the cluster knows); the other
+    // shards once they serve.
+    let mut ready = Some(ready);
+    if let Some(controller) = ctx.controller.clone() {
+        let ready = ready.take();
+        shard0_tasks.push(glommio::spawn_local(register(
+            ctx.clone(),
+            controller,
+            ready,
+        )));
+    }
+    let reporter_task = glommio::spawn_local(reporter(ctx.clone()));
 
     let stats_task = {
         let ctx = ctx.clone();
@@ -507,7 +834,7 @@ async fn serve<S: PartitionService>(
         glommio::spawn_local(async move {
             let stop = ctx.all_drained.clone();
             loop {
-                copy_storage_stats(&*ctx.service, &ctx.metrics);
+                copy_stats(&ctx);
                 let tick = glommio::timer::sleep(interval);
                 futures_lite::future::or(tick, stop.listen()).await;
                 if stop.is_triggered() {
@@ -529,7 +856,7 @@ async fn serve<S: PartitionService>(
                 if stop.is_triggered() {
                     return;
                 }
-                if let Err(error) = housekeeping(&*ctx.service, policy, &ctx.metrics).await {
+                if let Err(error) = housekeeping(&ctx.service, policy, &ctx.metrics).await {
                     // The log is poisoned or a segment unreadable; the
                     // produce path reports the same error to clients.
                     tracing::error!(shard = ctx.shard, %error, "retention and collection failed");
@@ -548,7 +875,9 @@ async fn serve<S: PartitionService>(
     );
     let serving_own = glommio::spawn_local(own.serve());
     let serving_client = glommio::spawn_local(client.serve());
-    ready();
+    if let Some(ready) = ready.take() {
+        ready();
+    }
 
     // Runs until the process is told to stop (or the signal thread is
     // gone, which also means stop).
@@ -566,24 +895,151 @@ async fn serve<S: PartitionService>(
         ctx.all_drained.trigger();
     }
     ctx.inbound_finished().await;
+    for task in shard0_tasks {
+        task.cancel().await;
+    }
+    reporter_task.await;
     stats_task.await;
     housekeeping_task.await;
+    if let Some(stop) = peer_stop {
+        stop.trigger();
+    }
+    if let Some(serving) = peer_serving {
+        serving.await;
+    }
+    if let Some(links) = &ctx.links {
+        links.close().await;
+    }
     ctx.service
         .close()
         .await
         .map_err(|error| fail(format!("cannot sync the shard log on stop: {error}")))?;
-    background.await;
-    copy_storage_stats(&*ctx.service, &ctx.metrics);
+    driver.await;
+    copy_stats(&ctx);
     tracing::info!(shard, "stopped");
     Ok(())
+}
+
+/// Shard 0: sends every new view of the controller to every shard.
+async fn publisher(ctx: Rc<ShardCtx>, controller: Rc<ControllerService>) {
+    let mut last = (u64::MAX, None, u64::MAX);
+    loop {
+        let listener = controller.listen();
+        if let Some(message) = controller.fatal() {
+            exit_refused(&message);
+        }
+        let view = controller.view();
+        let key = (
+            view.metadata.version,
+            view.controller_leader,
+            view.controller_term,
+        );
+        if key != last {
+            last = key;
+            if let Err(error) = ctx.publish_view(view).await {
+                tracing::error!(%error, "cluster view not applied");
+            }
+        }
+        let timer = glommio::timer::Timer::new(Duration::from_secs(1));
+        futures_lite::future::or(listener, async {
+            timer.await;
+        })
+        .await;
+    }
+}
+
+/// Shard 0: the controller's periodic work.
+async fn controller_ticks(ctx: Rc<ShardCtx>, controller: Rc<ControllerService>) {
+    let stop = ctx.all_drained.clone();
+    loop {
+        glommio::timer::sleep(REPORT_INTERVAL).await;
+        if stop.is_triggered() {
+            return;
+        }
+        controller.tick().await;
+    }
+}
+
+/// Shard 0: registers this broker (its addresses, shard ports and
+/// incarnation) with the cluster, and again whenever the metadata stops
+/// showing it as registered and active.
+async fn register(
+    ctx: Rc<ShardCtx>,
+    controller: Rc<ControllerService>,
+    mut ready: Option<Box<dyn FnOnce() + Send>>,
+) {
+    let config = &ctx.config;
+    let registration = BrokerRegistration {
+        node_id: ctx.node_id(),
+        inter_broker_addr: config
+            .cluster
+            .peer_addr(ctx.node_id())
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        client_host: ctx.advertised_host.clone(),
+        client_port: ctx.client_port.get(),
+        shard_ports: ctx.shard_ports.borrow().clone(),
+        incarnation: ctx.identity.incarnation,
+    };
+    let stop = ctx.all_drained.clone();
+    loop {
+        match controller.register(registration.clone()).await {
+            Ok(()) => {
+                if let Some(ready) = ready.take() {
+                    ready();
+                }
+            }
+            Err(error) => exit_refused(&error.message),
+        }
+        // Re-register if the controller comes to show another record (a
+        // failover that lost it, a status change).
+        controller.changed(Duration::from_secs(1)).await;
+        if stop.is_triggered() {
+            return;
+        }
+    }
+}
+
+/// Every shard: sends the leaderships its replicas took to shard 0, and
+/// periodically those the metadata does not show; re-checks rebalancing.
+async fn reporter(ctx: Rc<ShardCtx>) {
+    let stop = ctx.all_drained.clone();
+    let mut last_resync = Instant::now();
+    loop {
+        let tick = glommio::timer::sleep(REPORT_INTERVAL);
+        futures_lite::future::or(tick, stop.listen()).await;
+        if stop.is_triggered() {
+            return;
+        }
+        let mut reports = ctx.service.take_reports();
+        if last_resync.elapsed() >= RESYNC_INTERVAL {
+            last_resync = Instant::now();
+            let view = ctx.view();
+            let recorded: BTreeMap<u64, (Option<NodeId>, u64)> = view
+                .metadata
+                .replicas_on(ctx.node_id(), ctx.shard)
+                .map(|(_, _, a)| (a.group, (a.leader, a.leader_term)))
+                .collect();
+            for r in ctx.service.leading() {
+                let shown = recorded
+                    .get(&r.group)
+                    .is_some_and(|(leader, term)| *leader == Some(r.leader) && *term >= r.term);
+                if !shown {
+                    reports.push(r);
+                }
+            }
+            ctx.service.rebalance_tick();
+        }
+        ctx.report(reports).await;
+    }
 }
 
 /// One pass of retention over every partition of the shard, then the
 /// collector, which deletes segment files left without live entries (by
 /// retention or by deleted partitions) and first rewrites the live rest of
 /// mostly-dead ones.
-async fn housekeeping<S: PartitionService>(
-    service: &S,
+async fn housekeeping(
+    service: &RaftService,
     policy: RetentionPolicy,
     metrics: &ShardMetrics,
 ) -> Result<(), shardmq_storage::StorageError> {
@@ -622,8 +1078,11 @@ async fn housekeeping<S: PartitionService>(
     Ok(())
 }
 
-/// Copies the shard log's counters into the shard's metrics.
-fn copy_storage_stats<S: PartitionService>(service: &S, metrics: &ShardMetrics) {
+/// Copies the shard log's and the shard loop's counters into the shard's
+/// metrics.
+fn copy_stats(ctx: &ShardCtx) {
+    let service = &ctx.service;
+    let metrics = &ctx.metrics;
     let log = service.log();
     let stats = log.stats();
     for (hist, into) in [
@@ -642,4 +1101,70 @@ fn copy_storage_stats<S: PartitionService>(service: &S, metrics: &ShardMetrics) 
     metrics
         .storage_segments
         .store(log.segment_count() as u64, Ordering::Relaxed);
+    copy_replication(ctx);
+}
+
+/// Most log entries one follower-lag figure counts (the bytes behind are
+/// summed entry by entry).
+const LAG_ENTRIES_COUNTED_MAX: u64 = 100_000;
+
+/// Copies the shard loop's and the transport's counters and each replica's
+/// replication state into the shard's metrics.
+fn copy_replication(ctx: &ShardCtx) {
+    let m = &ctx.metrics;
+    let raft = ctx.service.shard_loop();
+    let stats = raft.stats();
+    m.raft_elections
+        .store(stats.elections.get(), Ordering::Relaxed);
+    m.raft_leader_changes
+        .store(stats.leader_changes.get(), Ordering::Relaxed);
+    m.raft_messages_sent
+        .store(stats.messages_sent.get(), Ordering::Relaxed);
+    m.raft_messages_dropped.store(
+        stats.inbound_dropped.get() + stats.undeliverable.get() + raft.transport().dropped(),
+        Ordering::Relaxed,
+    );
+    if let Some(links) = &ctx.links {
+        let totals = links.stats().total;
+        m.peer_frames_sent
+            .store(totals.frames_sent, Ordering::Relaxed);
+        m.peer_bytes_sent
+            .store(totals.bytes_sent, Ordering::Relaxed);
+        m.peer_frames_dropped
+            .store(totals.frames_dropped, Ordering::Relaxed);
+    }
+    if let Some(inbound) = ctx.inbound_stats.borrow().as_ref() {
+        let received = inbound.get().received();
+        m.peer_frames_received
+            .store(received.frames, Ordering::Relaxed);
+        m.peer_bytes_received
+            .store(received.bytes, Ordering::Relaxed);
+    }
+    let lags = ctx.service.follower_lags();
+    let log = ctx.service.log();
+    let mut gauges = BTreeMap::new();
+    raft.for_each_replica(|g, r| {
+        if g == crate::raft::CONTROLLER_GROUP {
+            return;
+        }
+        let mut gauge = crate::metrics::ReplicaGauges {
+            leader: r.is_leader(),
+            term: r.term(),
+            ..Default::default()
+        };
+        if let Some(followers) = lags.get(&g) {
+            let last = r.last_index();
+            for (_, lag) in followers {
+                gauge.follower_lag_entries = gauge.follower_lag_entries.max(*lag);
+                let behind = log
+                    .bytes_after(g, last.saturating_sub(*lag), LAG_ENTRIES_COUNTED_MAX)
+                    .unwrap_or(0);
+                gauge.follower_lag_bytes = gauge.follower_lag_bytes.max(behind);
+            }
+        }
+        gauges.insert(g, gauge);
+    });
+    *m.replication
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = gauges;
 }

@@ -718,6 +718,10 @@ fn validate_registration(reg: &BrokerRegistration) -> Result<(), ApplyError> {
     if reg.client_port == 0 || reg.shard_ports.contains(&0) {
         return refuse("its client ports must not be 0".into());
     }
+    // A broker alone (no peers) has no inter-broker listener.
+    if reg.inter_broker_addr.is_empty() {
+        return Ok(());
+    }
     let Some((host, port)) = reg.inter_broker_addr.rsplit_once(':') else {
         return refuse(format!(
             "its inter-broker address {:?} is not host:port",

@@ -5,12 +5,14 @@
 //! - [`replica`]: [`PartitionReplica`], a sans-IO wrapper of `RawNode` that
 //!   turns each Ready into work for the caller;
 //! - [`shard_loop`]: [`ShardLoop`], the loop that drives every replica of a
-//!   shard, writes all their Readies with one sync (group commit), sends
-//!   messages through a [`Transport`] and acknowledges produces once they
-//!   commit;
+//!   shard, writes all their Readies with one sync (group commit), hands
+//!   messages to a [`Transport`] grouped by destination shard
+//!   ([`Outbox`]), acknowledges produces once they commit, and reports what
+//!   changed ([`LoopEvent`]);
 //! - [`logging`]: raft's `slog` records forwarded to `tracing`.
 //!
-//! Every group runs with `pre_vote` and `check_quorum` on.
+//! Every group runs with `pre_vote` and `check_quorum` on by default
+//! ([`ReplicaConfig`], which `[raft]` in the broker's configuration sets).
 
 mod error;
 pub mod logging;
@@ -18,13 +20,14 @@ pub mod replica;
 pub mod shard_loop;
 pub mod store;
 
-pub use error::RaftError;
+pub use error::{DropReason, RaftError};
 pub use replica::{
-    AdvanceWork, CommittedEntry, PartitionReplica, ProposalTicket, ReadyWork, ReplicaConfig,
-    SnapshotPoint,
+    AdvanceWork, CommittedEntry, EffectiveSettings, PartitionReplica, ProposalTicket, ReadyWork,
+    ReplicaConfig, SnapshotPoint,
 };
 pub use shard_loop::{
-    IterationReport, ProduceAck, ProduceWaiter, ShardLoop, ShardLoopConfig, Transport,
+    Dest, GroupId, GroupKind, GroupMembers, IterationReport, LoopEvent, LoopStats, NodeId, Outbox,
+    ProduceAck, ProduceWaiter, ShardLoop, ShardLoopConfig, Transport, CONTROLLER_GROUP,
 };
 pub use store::{LogEntry, PendingFetch, Store};
 

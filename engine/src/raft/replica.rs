@@ -27,11 +27,13 @@ use ::raft::{Config, RawNode, Ready, StateRole};
 use shardmq_schema::batch::RecordBatchView;
 use shardmq_storage::{EntryKind, HardState, PartitionId};
 
-use super::error::RaftError;
+use super::error::{DropReason, RaftError};
 use super::logging::raft_logger;
-use super::store::{snapshot_start_offset, LogEntry, Store};
+use super::store::{split_snapshot_data, LogEntry, Store};
 
-/// Raft settings of a partition replica. Every field has a default.
+/// Raft settings of a replica. Every field has a default, and these
+/// defaults are the broker's (`[raft]` in the configuration takes them from
+/// here).
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
     /// Ticks without hearing from a leader before a follower campaigns
@@ -44,9 +46,18 @@ pub struct ReplicaConfig {
     /// Ticks between a leader's heartbeats; less than `election_tick`.
     /// Default 2.
     pub heartbeat_tick: usize,
+    /// A leader that has not heard from a quorum within an election timeout
+    /// steps down (so a partitioned leader stops accepting writes). Default
+    /// true.
+    pub check_quorum: bool,
+    /// A candidate first asks whether it could win before it raises its
+    /// term, so a node that was cut off does not disrupt the group when it
+    /// returns. Default true.
+    pub pre_vote: bool,
     /// Bytes of entries in one append message. Default 1 MiB.
     pub max_size_per_msg: u64,
-    /// Append messages in flight to one follower. Default 256.
+    /// Append messages in flight to one follower. raft-rs preallocates this
+    /// many slots per peer and group, so it is kept small. Default 32.
     pub max_inflight_msgs: usize,
     /// Bytes of uncommitted entries a leader accepts before it drops
     /// proposals. Default 64 MiB.
@@ -65,13 +76,27 @@ impl Default for ReplicaConfig {
             election_tick: 10,
             election_tick_max: 0,
             heartbeat_tick: 2,
+            check_quorum: true,
+            pre_vote: true,
             max_size_per_msg: 1 << 20,
-            max_inflight_msgs: 256,
+            max_inflight_msgs: 32,
             max_uncommitted_bytes: 64 << 20,
             entry_cache_bytes_max: 4 << 20,
             proposal_queue_max: 4096,
         }
     }
+}
+
+/// The Raft settings a replica runs with, read back from raft-rs (what a
+/// test checks to know a configured setting took effect).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EffectiveSettings {
+    pub election_tick: usize,
+    pub heartbeat_tick: usize,
+    pub check_quorum: bool,
+    pub pre_vote: bool,
+    pub max_inflight_msgs: usize,
+    pub max_size_per_msg: u64,
 }
 
 /// Where a proposal will land: it is acknowledged once `index` commits with
@@ -82,22 +107,29 @@ pub struct ProposalTicket {
     pub term: u64,
 }
 
-/// A committed entry (its payload is in the log).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A committed entry. `payload` shares raft's copy of the entry's data
+/// (for a data entry, the batch as proposed, before storage stamped its
+/// offsets): the controller applies it; partitions need only the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommittedEntry {
     pub index: u64,
     pub term: u64,
     pub kind: EntryKind,
+    pub payload: bytes::Bytes,
 }
 
-/// A snapshot to install: the partition restarts after `index`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A snapshot to install: the group's log restarts after `index`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotPoint {
     /// Last index the snapshot covers; the log restarts at `index + 1`.
     pub index: u64,
     pub term: u64,
     /// The leader's log start offset, which the restarted log starts from.
     pub first_offset: u64,
+    /// What the group's state machine put in the snapshot beside the log
+    /// start (empty for a partition, whose state machine is its log; the
+    /// metadata for the controller).
+    pub data: bytes::Bytes,
 }
 
 /// What one Ready asks of the caller, in this order: send `messages`;
@@ -158,8 +190,18 @@ fn committed_from(entries: &[::raft::eraftpb::Entry]) -> impl Iterator<Item = Co
     entries.iter().map(|e| CommittedEntry {
         index: e.index,
         term: e.term,
-        kind: LogEntry::from_raft(e).kind,
+        kind: entry_kind(e),
+        payload: e.data.clone(),
     })
+}
+
+/// What storage calls a raft entry (without copying its payload).
+fn entry_kind(e: &::raft::eraftpb::Entry) -> EntryKind {
+    match e.get_entry_type() {
+        EntryType::EntryNormal if e.data.is_empty() => EntryKind::Empty,
+        EntryType::EntryNormal => EntryKind::Data,
+        EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => EntryKind::ConfChange,
+    }
 }
 
 fn storage_hard_state(hs: &::raft::eraftpb::HardState) -> HardState {
@@ -184,8 +226,16 @@ impl PartitionReplica {
             max_size_per_msg: cfg.max_size_per_msg,
             max_inflight_msgs: cfg.max_inflight_msgs,
             max_uncommitted_size: cfg.max_uncommitted_bytes,
-            check_quorum: true,
-            pre_vote: true,
+            check_quorum: cfg.check_quorum,
+            pre_vote: cfg.pre_vote,
+            // raft-rs's batch_append merges new entries into an append
+            // already queued for the same follower. With it on, the seeded
+            // chaos test (engine/tests/raft_chaos.rs, seed 42) drove a
+            // follower to a heartbeat whose commit was past its last index
+            // (raft-rs panics: "to_commit is out of range"). The transport
+            // already sends one frame per destination shard per iteration,
+            // so batching in raft buys little: it stays off.
+            batch_append: false,
             ..Default::default()
         };
         config.validate()?;
@@ -218,6 +268,54 @@ impl PartitionReplica {
 
     pub fn role(&self) -> StateRole {
         self.raw.raft.state
+    }
+
+    /// Whether this replica leads and has committed an entry of its own
+    /// term: only then is its commit index the group's, so only then may
+    /// it serve reads and advance the high watermark.
+    pub fn leads_with_commit(&self) -> bool {
+        self.is_leader()
+            && self
+                .raw
+                .raft
+                .raft_log
+                .term(self.commit_index())
+                .is_ok_and(|t| t == self.term())
+    }
+
+    /// The settings raft-rs runs this replica with.
+    pub fn settings(&self) -> EffectiveSettings {
+        let r = &self.raw.raft;
+        EffectiveSettings {
+            election_tick: r.election_timeout(),
+            heartbeat_tick: r.heartbeat_timeout(),
+            check_quorum: r.check_quorum,
+            pre_vote: r.pre_vote,
+            max_inflight_msgs: r.max_inflight,
+            max_size_per_msg: r.max_msg_size,
+        }
+    }
+
+    /// On a leader: the last index raft knows replica `id` holds.
+    pub fn matched(&self, id: u64) -> Option<u64> {
+        self.raw.raft.prs().get(id).map(|p| p.matched)
+    }
+
+    /// On a leader: every replica's raft id and matched index (its own
+    /// included).
+    pub fn progress(&self) -> Vec<(u64, u64)> {
+        self.raw
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, p)| (*id, p.matched))
+            .collect()
+    }
+
+    /// The raft id of the replica a leader transfer is moving leadership
+    /// to, if one is in progress.
+    pub fn transferring_to(&self) -> Option<u64> {
+        self.raw.raft.lead_transferee
     }
 
     /// The leader this replica knows of.
@@ -273,10 +371,7 @@ impl PartitionReplica {
         }
         if self.in_flight.is_some() {
             if self.queued.len() >= self.proposal_queue_max {
-                return Err(RaftError::ProposalDropped {
-                    partition: self.partition,
-                    why: "proposal queue full",
-                });
+                return Err(self.dropped(DropReason::QueueFull));
             }
             let ticket = ProposalTicket {
                 index: self.last_index() + self.queued.len() as u64 + 1,
@@ -296,10 +391,7 @@ impl PartitionReplica {
                 return Err(self.not_leader())
             }
             Err(::raft::Error::ProposalDropped) => {
-                return Err(RaftError::ProposalDropped {
-                    partition: self.partition,
-                    why: "dropped by raft (leader transfer or uncommitted bytes limit)",
-                })
+                return Err(self.dropped(DropReason::RefusedByRaft))
             }
             Err(e) => return Err(e.into()),
         }
@@ -318,22 +410,22 @@ impl PartitionReplica {
         let mut failed = Vec::new();
         while let Some((data, ticket)) = self.queued.pop_front() {
             if !failed.is_empty() {
-                failed.push((ticket, self.dropped("an earlier queued proposal failed")));
+                failed.push((ticket, self.dropped(DropReason::LeadershipChanged)));
                 continue;
             }
             match self.propose_now(data) {
                 Ok(got) if got == ticket => {}
-                Ok(_) => failed.push((ticket, self.dropped("leadership changed"))),
+                Ok(_) => failed.push((ticket, self.dropped(DropReason::LeadershipChanged))),
                 Err(e) => failed.push((ticket, e)),
             }
         }
         failed
     }
 
-    fn dropped(&self, why: &'static str) -> RaftError {
+    fn dropped(&self, reason: DropReason) -> RaftError {
         RaftError::ProposalDropped {
             partition: self.partition,
-            why,
+            reason,
         }
     }
 
@@ -344,6 +436,28 @@ impl PartitionReplica {
             "campaign while a Ready is in flight"
         );
         Ok(self.raw.campaign()?)
+    }
+
+    /// Asks the leader to hand leadership to `to` (a raft id). raft-rs
+    /// drops proposals while the transfer is pending (answered
+    /// [`DropReason::RefusedByRaft`]); the transfer ends after an election
+    /// timeout if `to` does not take over.
+    pub fn transfer_leader(&mut self, to: u64) {
+        assert!(
+            self.in_flight.is_none(),
+            "transfer while a Ready is in flight"
+        );
+        self.raw.transfer_leader(to);
+    }
+
+    /// Tells raft a message to `to` could not be delivered, so the leader
+    /// probes it again instead of waiting for lost appends.
+    pub fn report_unreachable(&mut self, to: u64) {
+        assert!(
+            self.in_flight.is_none(),
+            "report while a Ready is in flight"
+        );
+        self.raw.report_unreachable(to);
     }
 
     /// Advances the logical clock by one tick.
@@ -378,11 +492,13 @@ impl PartitionReplica {
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot();
             let meta = snap.get_metadata();
+            let (first_offset, data) =
+                split_snapshot_data(snap).expect("a shardmq snapshot carries the log start offset");
             work.snapshot = Some(SnapshotPoint {
                 index: meta.index,
                 term: meta.term,
-                first_offset: snapshot_start_offset(snap)
-                    .expect("a shardmq snapshot carries the log start offset"),
+                first_offset,
+                data,
             });
         }
         if let Some(s) = &work.snapshot {

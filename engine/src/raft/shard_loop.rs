@@ -1,47 +1,169 @@
-//! The Raft loop of one shard, over every partition replica the shard owns.
+//! The Raft loop of one shard, over every replica the shard owns: its
+//! partitions' groups and, on shard 0, the controller's.
 //!
 //! Hot path (produce, replicate): one `fdatasync` per iteration whatever the
-//! number of partitions; no allocation per record; no logging above debug.
+//! number of groups; no allocation per record; no logging above debug.
 //!
 //! One iteration ([`ShardLoop::process`]):
-//! 1. feed the messages received since the last iteration, apply pending
-//!    ticks and campaign requests;
-//! 2. take every replica's Ready; send its `messages` at once;
+//! 1. tell raft which peers the transport could not reach; feed the
+//!    messages received since the last iteration; apply pending ticks,
+//!    campaign and leader-transfer requests;
+//! 2. take every replica's Ready; hand its `messages` to the transport at
+//!    once, grouped by destination shard (a leader replicates while it
+//!    writes);
 //! 3. write every Ready's snapshot point, entries and hard state through the
 //!    one [`ShardLog`], recording the offsets storage assigns to proposals
 //!    someone waits on;
 //! 4. one `sync` for all of them (group commit);
-//! 5. send the `persisted_messages`, advance every replica, send what
-//!    advancing produced, and resolve the produce waiters whose index
-//!    committed (acks=all) with the base offset storage gave their entry;
+//! 5. hand the `persisted_messages` and what advancing every replica
+//!    produced to the transport, again one [`Outbox`] grouped by
+//!    destination, and resolve the produce waiters whose index committed
+//!    (acks=all) with the base offset storage gave their entry;
 //! 6. read the entries raft asked for that were not cached, and hand them
-//!    back to raft.
+//!    back to raft;
+//! 7. record what changed for the layer above ([`LoopEvent`]: leadership,
+//!    commits, installed snapshots), taken with
+//!    [`take_events`](ShardLoop::take_events).
 //!
-//! Message transport is the [`Transport`] trait: the inter-broker transport
-//! implements it in the broker, tests plug in a simulated network.
+//! So the transport is called at most twice per iteration, each time with
+//! one batch of messages per destination (broker, shard).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ::raft::eraftpb::{Message, MessageType};
+use ::raft::StateRole;
 use futures_channel::oneshot;
-use std::sync::Arc;
+use glommio::sync::Semaphore;
 
+use crate::clock::{Clock, SystemClock};
 use crate::metrics::LatencyHistogram;
 use shardmq_storage::{EntryRef, PartitionId, ShardLog, StorageError};
 
-use super::error::RaftError;
-use super::replica::{CommittedEntry, PartitionReplica, ProposalTicket, ReadyWork, ReplicaConfig};
+use super::error::{DropReason, RaftError};
+use super::replica::{
+    CommittedEntry, PartitionReplica, ProposalTicket, ReadyWork, ReplicaConfig, SnapshotPoint,
+};
 use super::store::{raft_entry_from_stored, Store};
 
-/// Sends Raft messages of one partition's group to other replicas
-/// (`msg.to`). Best effort: raft retries what is lost.
+/// A Raft group: a partition id, or [`CONTROLLER_GROUP`].
+pub type GroupId = PartitionId;
+
+/// The group of the controller, on shard 0 of every broker. Topic ids start
+/// at 1, so no partition id is 0.
+pub const CONTROLLER_GROUP: GroupId = 0;
+
+/// A broker's node id.
+pub type NodeId = i32;
+
+/// Where a replica lives: a broker and one of its shards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Dest {
+    pub node: NodeId,
+    pub shard: u16,
+}
+
+/// The replicas of a group: each raft id and where it lives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupMembers {
+    pub voters: Vec<(u64, Dest)>,
+    pub learners: Vec<(u64, Dest)>,
+}
+
+impl GroupMembers {
+    /// Where raft id `id` lives.
+    pub fn dest_of(&self, id: u64) -> Option<Dest> {
+        self.voters
+            .iter()
+            .chain(&self.learners)
+            .find(|(r, _)| *r == id)
+            .map(|(_, d)| *d)
+    }
+
+    fn voter_ids(&self) -> Vec<u64> {
+        self.voters.iter().map(|(r, _)| *r).collect()
+    }
+
+    fn learner_ids(&self) -> Vec<u64> {
+        self.learners.iter().map(|(r, _)| *r).collect()
+    }
+
+    fn ids_at(&self, dest: Dest) -> impl Iterator<Item = u64> + '_ {
+        self.voters
+            .iter()
+            .chain(&self.learners)
+            .filter(move |(_, d)| *d == dest)
+            .map(|(r, _)| *r)
+    }
+}
+
+/// What a group's committed entries mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupKind {
+    /// A partition: its log is its state machine, so a commit only moves
+    /// its high watermark ([`LoopEvent::Committed`] with the last index).
+    Partition,
+    /// A group whose entries are applied to a state machine of its own (the
+    /// controller): every committed entry is handed over with its payload
+    /// ([`LoopEvent::Applied`]).
+    StateMachine,
+}
+
+/// The Raft messages of one iteration (or half of one), grouped by the
+/// shard they go to. Buckets keep their memory between iterations.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    buckets: BTreeMap<Dest, Vec<(GroupId, Message)>>,
+    messages: usize,
+}
+
+impl Outbox {
+    /// Adds a message of `group` for the replica at `dest`.
+    pub fn push(&mut self, dest: Dest, group: GroupId, msg: Message) {
+        self.buckets.entry(dest).or_default().push((group, msg));
+        self.messages += 1;
+    }
+
+    /// Messages held.
+    pub fn len(&self) -> usize {
+        self.messages
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.messages == 0
+    }
+
+    /// Hands each destination's messages to `f`, which takes what it sends
+    /// (draining the vector keeps its memory for the next iteration).
+    pub fn drain_each(&mut self, mut f: impl FnMut(Dest, &mut Vec<(GroupId, Message)>)) {
+        for (dest, msgs) in self.buckets.iter_mut() {
+            if !msgs.is_empty() {
+                f(*dest, msgs);
+                msgs.clear();
+            }
+        }
+        self.messages = 0;
+    }
+}
+
+/// Sends Raft messages to other brokers' shards. Best effort: raft resends
+/// what is lost.
 pub trait Transport {
-    fn send(&self, partition: PartitionId, msgs: Vec<Message>);
+    /// Sends (or drops) every message of `outbox`, leaving it empty. Called
+    /// at most twice per iteration.
+    fn send(&self, outbox: &mut Outbox);
+
+    /// Destinations that could not be reached since the last call; the loop
+    /// tells raft, whose leaders then probe those followers again.
+    fn take_unreachable(&self) -> Vec<Dest> {
+        Vec::new()
+    }
 }
 
 /// Limits of a shard loop.
@@ -51,8 +173,7 @@ pub struct ShardLoopConfig {
     /// Received messages buffered between two iterations; more are dropped
     /// (raft resends). Default 65,536.
     pub inbox_messages_max: usize,
-    /// Wall-clock length of one Raft tick in [`ShardLoop::run`]. Default
-    /// 100 ms.
+    /// Length of one Raft tick in [`ShardLoop::run`]. Default 100 ms.
     pub tick_interval: Duration,
 }
 
@@ -65,6 +186,11 @@ impl Default for ShardLoopConfig {
         }
     }
 }
+
+/// Most ticks one iteration applies after the loop fell behind (a long
+/// sync): time lost beyond that is not made up, so a stall does not turn
+/// into a burst of elections.
+const TICKS_CATCH_UP_MAX: u32 = 2;
 
 /// A committed produce: where its batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +225,7 @@ impl ProduceWaiter {
     fn closed(&self) -> RaftError {
         RaftError::ProposalDropped {
             partition: self.partition,
-            why: "the replica was closed",
+            reason: DropReason::ReplicaClosed,
         }
     }
 }
@@ -127,7 +253,7 @@ struct Waiter {
     /// or committed) rather than once it commits.
     on_append: bool,
     /// When it was proposed (commit latency).
-    proposed_at: Instant,
+    proposed_at: std::time::Instant,
 }
 
 impl Waiter {
@@ -138,13 +264,26 @@ impl Waiter {
     }
 }
 
+/// What a replica looked like after the last iteration that touched it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Leadership {
+    role: StateRole,
+    term: u64,
+    leader: Option<u64>,
+    serving: bool,
+}
+
 #[derive(Debug)]
 struct Slot {
     replica: PartitionReplica,
+    members: GroupMembers,
+    kind: GroupKind,
     /// Produce waiters by index. Bounded by the replica's proposal limits
     /// (raft's uncommitted bytes, the proposal queue).
     waiters: BTreeMap<u64, Waiter>,
     campaign: bool,
+    transfer_to: Option<u64>,
+    leadership: Leadership,
 }
 
 impl Slot {
@@ -154,16 +293,24 @@ impl Slot {
         }
     }
 
-    fn dropped(&self, why: &'static str) -> RaftError {
+    fn dropped(&self, reason: DropReason) -> RaftError {
         RaftError::ProposalDropped {
             partition: self.replica.partition(),
-            why,
+            reason,
         }
     }
 
-    /// After appending entries `a..=b` of term `term`: proposals at those
-    /// indexes learn their offset (or that they were replaced); proposals
-    /// after `b` from an older term were cut off by the conflict rule.
+    fn leadership(&self) -> Leadership {
+        Leadership {
+            role: self.replica.role(),
+            term: self.replica.term(),
+            leader: self.replica.leader_id(),
+            serving: self.replica.leads_with_commit(),
+        }
+    }
+
+    /// After appending entry `index` of `term`: a proposal at that index
+    /// learns its offset, or that it was replaced.
     fn on_appended(&mut self, index: u64, term: u64, base_offset: u64) {
         if let Some(w) = self.waiters.get_mut(&index) {
             if w.term == term {
@@ -176,12 +323,14 @@ impl Slot {
                     }));
                 }
             } else {
-                let err = self.dropped("overwritten by another leader's entry");
+                let err = self.dropped(DropReason::Overwritten);
                 self.fail(index, err);
             }
         }
     }
 
+    /// After appending entries up to `last` of `term`: proposals after it
+    /// from an older term were cut off by the conflict rule.
     fn cut_after(&mut self, last: u64, term: u64) {
         let stale: Vec<u64> = self
             .waiters
@@ -190,28 +339,37 @@ impl Slot {
             .map(|(i, _)| *i)
             .collect();
         for i in stale {
-            let err = self.dropped("truncated by another leader");
+            let err = self.dropped(DropReason::Overwritten);
             self.fail(i, err);
         }
     }
 
     /// Resolves the waiters of committed entries; records each one's
-    /// proposal-to-commit time in `latency`.
-    fn on_committed(&mut self, committed: &[CommittedEntry], latency: &LatencyHistogram) -> usize {
+    /// proposal-to-commit time in `latency` (partitions only: the
+    /// controller's commands are not produces).
+    fn on_committed(
+        &mut self,
+        committed: &[CommittedEntry],
+        latency: &LatencyHistogram,
+        now: std::time::Instant,
+    ) -> usize {
         let mut resolved = 0;
+        let record = self.kind == GroupKind::Partition;
         for c in committed {
             if let Some(mut w) = self.waiters.remove(&c.index) {
                 let result = match w.base_offset {
                     Some(base_offset) if w.term == c.term => {
-                        let us = w.proposed_at.elapsed().as_micros();
-                        latency.observe(u64::try_from(us).unwrap_or(u64::MAX));
+                        if record {
+                            let us = now.saturating_duration_since(w.proposed_at).as_micros();
+                            latency.observe(u64::try_from(us).unwrap_or(u64::MAX));
+                        }
                         Ok(ProduceAck {
                             index: c.index,
                             term: c.term,
                             base_offset,
                         })
                     }
-                    _ => Err(self.dropped("another entry committed at its index")),
+                    _ => Err(self.dropped(DropReason::CommittedOther)),
                 };
                 w.send(result);
                 resolved += 1;
@@ -221,12 +379,40 @@ impl Slot {
             // Nothing may wait on an index that is already committed.
             let stale: Vec<u64> = self.waiters.range(..=last.index).map(|(i, _)| *i).collect();
             for i in stale {
-                let err = self.dropped("another entry committed at its index");
+                let err = self.dropped(DropReason::CommittedOther);
                 self.fail(i, err);
             }
         }
         resolved
     }
+}
+
+/// What changed in one iteration, for the layer above the loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoopEvent {
+    /// A replica's role, term, known leader, or whether it leads with a
+    /// commit of its own term, changed.
+    Leadership {
+        group: GroupId,
+        role: StateRole,
+        term: u64,
+        /// The raft id of the leader it knows of.
+        leader: Option<u64>,
+        /// It leads and has committed an entry of its term: it may serve.
+        serving: bool,
+    },
+    /// A partition's commit moved to `index` (durable here too).
+    Committed { group: GroupId, index: u64 },
+    /// Entries of a [`GroupKind::StateMachine`] group committed, in order.
+    Applied {
+        group: GroupId,
+        entries: Vec<CommittedEntry>,
+    },
+    /// The replica restarted its log from a snapshot.
+    SnapshotInstalled {
+        group: GroupId,
+        point: SnapshotPoint,
+    },
 }
 
 /// What one iteration did.
@@ -237,12 +423,33 @@ pub struct IterationReport {
     pub synced: bool,
     pub produces_resolved: usize,
     pub fetches: usize,
+    pub messages_sent: usize,
 }
 
 impl IterationReport {
     pub fn did_work(&self) -> bool {
         self.readies > 0 || self.fetches > 0
     }
+}
+
+/// Counters of one shard loop (shard view; read by the metrics copier).
+#[derive(Debug, Default)]
+pub struct LoopStats {
+    /// Elections this shard's replicas started (became candidates).
+    pub elections: Cell<u64>,
+    /// Times a replica here saw its group's leader change.
+    pub leader_changes: Cell<u64>,
+    /// Received messages dropped because the inbox was full or the group
+    /// is not here.
+    pub inbound_dropped: Cell<u64>,
+    /// Messages to a raft id with no known place.
+    pub undeliverable: Cell<u64>,
+    /// Raft messages handed to the transport.
+    pub messages_sent: Cell<u64>,
+}
+
+fn bump(c: &Cell<u64>, by: u64) {
+    c.set(c.get().wrapping_add(by));
 }
 
 /// Wakes the loop when input arrives. Single waiter.
@@ -283,10 +490,17 @@ pub struct ShardLoop<T: Transport> {
     log: ShardLog,
     transport: T,
     cfg: ShardLoopConfig,
-    slots: RefCell<BTreeMap<PartitionId, Slot>>,
-    inbox: RefCell<VecDeque<(PartitionId, Message)>>,
+    clock: Rc<dyn Clock>,
+    slots: RefCell<BTreeMap<GroupId, Slot>>,
+    inbox: RefCell<VecDeque<(GroupId, Message)>>,
     ticks_pending: Cell<u32>,
     wakeup: Wakeup,
+    /// Held across an iteration, and by whoever adds or removes a replica,
+    /// so a replica never disappears while its Ready is being written.
+    lock: Semaphore,
+    outbox: RefCell<Outbox>,
+    events: RefCell<Vec<LoopEvent>>,
+    stats: LoopStats,
     /// Proposal-to-commit latency of this node's proposals.
     commit_latency: Arc<LatencyHistogram>,
 }
@@ -294,13 +508,15 @@ pub struct ShardLoop<T: Transport> {
 impl<T: Transport> std::fmt::Debug for ShardLoop<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShardLoop")
-            .field(
-                "partitions",
-                &self.slots.borrow().keys().collect::<Vec<_>>(),
-            )
+            .field("groups", &self.slots.borrow().len())
             .field("inbox", &self.inbox.borrow().len())
             .finish()
     }
+}
+
+/// Raft roles that count as starting an election.
+fn campaigning(role: StateRole) -> bool {
+    matches!(role, StateRole::Candidate)
 }
 
 impl<T: Transport> ShardLoop<T> {
@@ -309,10 +525,15 @@ impl<T: Transport> ShardLoop<T> {
             log,
             transport,
             cfg,
+            clock: Rc::new(SystemClock),
             slots: RefCell::new(BTreeMap::new()),
             inbox: RefCell::new(VecDeque::new()),
             ticks_pending: Cell::new(0),
             wakeup: Wakeup::default(),
+            lock: Semaphore::new(1),
+            outbox: RefCell::new(Outbox::default()),
+            events: RefCell::new(Vec::new()),
+            stats: LoopStats::default(),
             commit_latency: Arc::default(),
         }
     }
@@ -324,6 +545,12 @@ impl<T: Transport> ShardLoop<T> {
         self
     }
 
+    /// Reads time from `clock` (a simulation's) instead of the system's.
+    pub fn with_clock(mut self, clock: Rc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     pub fn log(&self) -> &ShardLog {
         &self.log
     }
@@ -332,18 +559,39 @@ impl<T: Transport> ShardLoop<T> {
         &self.transport
     }
 
-    /// Opens (or creates) this shard's replica `replica_id` of `partition`,
-    /// whose group has `voters`.
+    pub fn config(&self) -> &ShardLoopConfig {
+        &self.cfg
+    }
+
+    pub fn stats(&self) -> &LoopStats {
+        &self.stats
+    }
+
+    /// Opens (or creates) this shard's replica `replica_id` of `group`,
+    /// whose replicas are `members`. Waits for a running iteration to end.
     pub async fn add_replica(
         &self,
-        partition: PartitionId,
+        group: GroupId,
         replica_id: u64,
-        voters: &[u64],
+        members: GroupMembers,
+        kind: GroupKind,
     ) -> Result<(), RaftError> {
+        let _permit =
+            self.lock
+                .acquire_permit(1)
+                .await
+                .map_err(|_| RaftError::ProposalDropped {
+                    partition: group,
+                    reason: DropReason::ReplicaClosed,
+                })?;
+        if self.slots.borrow().contains_key(&group) {
+            return Ok(());
+        }
         let store = Store::open(
             &self.log,
-            partition,
-            voters,
+            group,
+            &members.voter_ids(),
+            &members.learner_ids(),
             self.cfg.replica.entry_cache_bytes_max,
         )
         .await?;
@@ -351,46 +599,97 @@ impl<T: Transport> ShardLoop<T> {
         // is sent anywhere.
         self.log.sync().await?;
         let replica = PartitionReplica::new(replica_id, store, &self.cfg.replica)?;
-        self.slots.borrow_mut().insert(
-            partition,
-            Slot {
-                replica,
-                waiters: BTreeMap::new(),
-                campaign: false,
+        let mut slot = Slot {
+            replica,
+            members,
+            kind,
+            waiters: BTreeMap::new(),
+            campaign: false,
+            transfer_to: None,
+            leadership: Leadership {
+                role: StateRole::Follower,
+                term: 0,
+                leader: None,
+                serving: false,
             },
-        );
+        };
+        slot.leadership = slot.leadership();
+        self.slots.borrow_mut().insert(group, slot);
         Ok(())
     }
 
-    /// Drops `partition`'s replica; its produce waiters resolve with an
-    /// error. Call it between iterations, never while
-    /// [`process`](Self::process) runs. Returns whether it was there.
-    pub fn remove_replica(&self, partition: PartitionId) -> bool {
-        let removed = self.slots.borrow_mut().remove(&partition);
-        self.inbox.borrow_mut().retain(|(p, _)| *p != partition);
-        removed.is_some()
+    /// Replaces where `group`'s peers live (a peer moved to another shard
+    /// or address); raft's membership itself is unchanged.
+    pub fn set_members(&self, group: GroupId, members: GroupMembers) -> bool {
+        match self.slots.borrow_mut().get_mut(&group) {
+            Some(slot) => {
+                slot.members = members;
+                true
+            }
+            None => false,
+        }
     }
 
-    /// The partitions with a replica here.
-    pub fn partitions(&self) -> Vec<PartitionId> {
+    /// Drops `group`'s replica; its produce waiters resolve with an error.
+    /// Waits for a running iteration to end. Returns whether it was there.
+    pub async fn remove_replica(&self, group: GroupId) -> bool {
+        let Ok(_permit) = self.lock.acquire_permit(1).await else {
+            return false;
+        };
+        let removed = self.slots.borrow_mut().remove(&group);
+        self.inbox.borrow_mut().retain(|(g, _)| *g != group);
+        match removed {
+            Some(mut slot) => {
+                let indexes: Vec<u64> = slot.waiters.keys().copied().collect();
+                for i in indexes {
+                    let err = slot.dropped(DropReason::ReplicaClosed);
+                    slot.fail(i, err);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The groups with a replica here.
+    pub fn groups(&self) -> Vec<GroupId> {
         self.slots.borrow().keys().copied().collect()
+    }
+
+    /// Whether `group` has a replica here.
+    pub fn has_group(&self, group: GroupId) -> bool {
+        self.slots.borrow().contains_key(&group)
     }
 
     /// Runs `f` on a replica (status queries).
     pub fn with_replica<R>(
         &self,
-        partition: PartitionId,
+        group: GroupId,
         f: impl FnOnce(&PartitionReplica) -> R,
     ) -> Option<R> {
-        self.slots.borrow().get(&partition).map(|s| f(&s.replica))
+        self.slots.borrow().get(&group).map(|s| f(&s.replica))
     }
 
-    /// A message for `partition`'s replica on this shard, stepped on the
-    /// next iteration.
-    pub fn deliver(&self, partition: PartitionId, msg: Message) {
+    /// Runs `f` on every replica (status queries, metrics).
+    pub fn for_each_replica(&self, mut f: impl FnMut(GroupId, &PartitionReplica)) {
+        for (g, s) in self.slots.borrow().iter() {
+            f(*g, &s.replica);
+        }
+    }
+
+    /// Where raft id `id` of `group` lives.
+    pub fn dest_of(&self, group: GroupId, id: u64) -> Option<Dest> {
+        self.slots.borrow().get(&group)?.members.dest_of(id)
+    }
+
+    /// A message for `group`'s replica on this shard, stepped on the next
+    /// iteration; dropped (raft resends) when the inbox is full.
+    pub fn deliver(&self, group: GroupId, msg: Message) {
         let mut inbox = self.inbox.borrow_mut();
         if inbox.len() < self.cfg.inbox_messages_max {
-            inbox.push_back((partition, msg));
+            inbox.push_back((group, msg));
+        } else {
+            bump(&self.stats.inbound_dropped, 1);
         }
         drop(inbox);
         self.wakeup.notify();
@@ -403,12 +702,25 @@ impl<T: Transport> ShardLoop<T> {
     }
 
     /// Asks a replica to start an election on the next iteration.
-    pub fn campaign(&self, partition: PartitionId) -> Result<(), RaftError> {
+    pub fn campaign(&self, group: GroupId) -> Result<(), RaftError> {
         let mut slots = self.slots.borrow_mut();
         let slot = slots
-            .get_mut(&partition)
-            .ok_or(RaftError::UnknownPartition(partition))?;
+            .get_mut(&group)
+            .ok_or(RaftError::UnknownPartition(group))?;
         slot.campaign = true;
+        drop(slots);
+        self.wakeup.notify();
+        Ok(())
+    }
+
+    /// Asks a leading replica to hand leadership to raft id `to` on the
+    /// next iteration (ignored by a replica that does not lead).
+    pub fn transfer_leader(&self, group: GroupId, to: u64) -> Result<(), RaftError> {
+        let mut slots = self.slots.borrow_mut();
+        let slot = slots
+            .get_mut(&group)
+            .ok_or(RaftError::UnknownPartition(group))?;
+        slot.transfer_to = Some(to);
         drop(slots);
         self.wakeup.notify();
         Ok(())
@@ -420,14 +732,14 @@ impl<T: Transport> ShardLoop<T> {
     /// be lost to a crash or replaced by another leader's).
     pub fn produce(
         &self,
-        partition: PartitionId,
+        group: GroupId,
         batch: &[u8],
         on_append: bool,
     ) -> Result<ProduceWaiter, RaftError> {
         let mut slots = self.slots.borrow_mut();
         let slot = slots
-            .get_mut(&partition)
-            .ok_or(RaftError::UnknownPartition(partition))?;
+            .get_mut(&group)
+            .ok_or(RaftError::UnknownPartition(group))?;
         let ticket = slot.replica.propose(batch)?;
         let (tx, rx) = oneshot::channel();
         let old = slot.waiters.insert(
@@ -437,7 +749,7 @@ impl<T: Transport> ShardLoop<T> {
                 base_offset: None,
                 tx: Some(tx),
                 on_append,
-                proposed_at: Instant::now(),
+                proposed_at: self.clock.now(),
             },
         );
         assert!(
@@ -450,61 +762,94 @@ impl<T: Transport> ShardLoop<T> {
         Ok(ProduceWaiter {
             ticket,
             rx,
-            partition,
+            partition: group,
         })
+    }
+
+    /// Moves the events of the iterations so far into `into` (which the
+    /// caller empties; its memory is reused).
+    pub fn take_events(&self, into: &mut Vec<LoopEvent>) {
+        let mut events = self.events.borrow_mut();
+        std::mem::swap(&mut *events, into);
     }
 
     /// One iteration (see the module documentation).
     pub async fn process(&self) -> Result<IterationReport, RaftError> {
+        let Ok(_permit) = self.lock.acquire_permit(1).await else {
+            return Ok(IterationReport::default());
+        };
         let mut report = IterationReport::default();
-        let mut works: Vec<(PartitionId, ReadyWork)> = Vec::new();
+        let mut works: Vec<(GroupId, ReadyWork)> = Vec::new();
+        let unreachable = self.transport.take_unreachable();
         {
             let mut slots = self.slots.borrow_mut();
-            let inbox = std::mem::take(&mut *self.inbox.borrow_mut());
-            for (p, msg) in inbox {
-                if let Some(slot) = slots.get_mut(&p) {
-                    if let Err(e) = slot.replica.step(msg) {
-                        tracing::debug!(partition = p, error = %e, "raft message dropped");
+            if !unreachable.is_empty() {
+                for slot in slots.values_mut() {
+                    for dest in &unreachable {
+                        let ids: Vec<u64> = slot.members.ids_at(*dest).collect();
+                        for id in ids {
+                            if slot.replica.is_leader() {
+                                slot.replica.report_unreachable(id);
+                            }
+                        }
                     }
                 }
             }
-            let ticks = self.ticks_pending.replace(0);
-            for (p, slot) in slots.iter_mut() {
+            let inbox = std::mem::take(&mut *self.inbox.borrow_mut());
+            for (g, msg) in inbox {
+                match slots.get_mut(&g) {
+                    Some(slot) => {
+                        if let Err(e) = slot.replica.step(msg) {
+                            tracing::debug!(group = g, error = %e, "raft message dropped");
+                        }
+                    }
+                    None => bump(&self.stats.inbound_dropped, 1),
+                }
+            }
+            let ticks = self.ticks_pending.replace(0).min(TICKS_CATCH_UP_MAX);
+            for (g, slot) in slots.iter_mut() {
                 if std::mem::take(&mut slot.campaign) {
                     if let Err(e) = slot.replica.campaign() {
-                        tracing::debug!(partition = p, error = %e, "campaign refused");
+                        tracing::debug!(group = g, error = %e, "campaign refused");
+                    }
+                }
+                if let Some(to) = slot.transfer_to.take() {
+                    if slot.replica.is_leader() {
+                        slot.replica.transfer_leader(to);
                     }
                 }
                 for _ in 0..ticks {
                     slot.replica.tick();
                 }
                 if let Some(work) = slot.replica.take_ready() {
-                    works.push((*p, work));
+                    works.push((*g, work));
                 }
             }
         }
         report.readies = works.len();
         // Snapshots sent, reported to raft once no Ready is in flight.
-        let mut snapshots_sent: Vec<(PartitionId, u64)> = Vec::new();
+        let mut snapshots_sent: Vec<(GroupId, u64)> = Vec::new();
 
-        for (p, w) in &mut works {
+        for (g, w) in &mut works {
             if !w.messages.is_empty() {
-                self.send(*p, std::mem::take(&mut w.messages), &mut snapshots_sent);
+                let msgs = std::mem::take(&mut w.messages);
+                self.queue(*g, msgs, &mut snapshots_sent);
             }
         }
+        report.messages_sent += self.flush();
 
         let mut must_sync = false;
-        for (p, w) in &works {
-            let p = *p;
-            if let Some(s) = w.snapshot {
+        for (g, w) in &works {
+            let g = *g;
+            if let Some(s) = &w.snapshot {
                 self.log
-                    .reset(p, s.index + 1, s.term, s.first_offset)
+                    .reset(g, s.index + 1, s.term, s.first_offset)
                     .await?;
                 let mut slots = self.slots.borrow_mut();
-                let slot = slots.get_mut(&p).expect("slot of a ready");
+                let slot = slots.get_mut(&g).expect("slot of a ready");
                 let stale: Vec<u64> = slot.waiters.keys().copied().collect();
                 for i in stale {
-                    let err = slot.dropped("replaced by a snapshot");
+                    let err = slot.dropped(DropReason::SnapshotInstalled);
                     slot.fail(i, err);
                 }
             }
@@ -512,7 +857,7 @@ impl<T: Transport> ShardLoop<T> {
                 let out = self
                     .log
                     .append(
-                        p,
+                        g,
                         &[EntryRef {
                             index: e.index,
                             term: e.term,
@@ -522,17 +867,17 @@ impl<T: Transport> ShardLoop<T> {
                     )
                     .await?;
                 let mut slots = self.slots.borrow_mut();
-                let slot = slots.get_mut(&p).expect("slot of a ready");
+                let slot = slots.get_mut(&g).expect("slot of a ready");
                 slot.on_appended(e.index, e.term, out.base_offset);
             }
             if let Some(last) = w.entries.last() {
                 let mut slots = self.slots.borrow_mut();
-                let slot = slots.get_mut(&p).expect("slot of a ready");
+                let slot = slots.get_mut(&g).expect("slot of a ready");
                 slot.cut_after(last.index, last.term);
             }
             report.entries_appended += w.entries.len();
             if let Some(hs) = w.hard_state {
-                self.log.set_hard_state(p, hs).await?;
+                self.log.set_hard_state(g, hs).await?;
             }
             must_sync |= w.must_sync
                 || w.snapshot.is_some()
@@ -544,22 +889,19 @@ impl<T: Transport> ShardLoop<T> {
             report.synced = true;
         }
 
-        for (p, w) in &mut works {
-            if !w.persisted_messages.is_empty() {
-                self.send(
-                    *p,
-                    std::mem::take(&mut w.persisted_messages),
-                    &mut snapshots_sent,
-                );
-            }
-        }
-
+        let now = self.clock.now();
         let mut commit_writes = Vec::new();
         {
             let mut slots = self.slots.borrow_mut();
-            for (p, w) in &works {
-                let slot = slots.get_mut(p).expect("slot of a ready");
-                report.produces_resolved += slot.on_committed(&w.committed, &self.commit_latency);
+            let mut events = self.events.borrow_mut();
+            for (g, w) in &mut works {
+                let slot = slots.get_mut(g).expect("slot of a ready");
+                if !w.persisted_messages.is_empty() {
+                    let msgs = std::mem::take(&mut w.persisted_messages);
+                    self.queue_for(*g, &slot.members, msgs, &mut snapshots_sent);
+                }
+                report.produces_resolved +=
+                    slot.on_committed(&w.committed, &self.commit_latency, now);
                 let (adv, failed) = slot.replica.on_persisted();
                 for (ticket, err) in failed {
                     if slot
@@ -571,46 +913,87 @@ impl<T: Transport> ShardLoop<T> {
                     }
                 }
                 if !adv.messages.is_empty() {
-                    self.send(*p, adv.messages, &mut snapshots_sent);
+                    self.queue_for(*g, &slot.members, adv.messages, &mut snapshots_sent);
                 }
-                report.produces_resolved += slot.on_committed(&adv.committed, &self.commit_latency);
+                report.produces_resolved +=
+                    slot.on_committed(&adv.committed, &self.commit_latency, now);
                 if let Some(hs) = adv.hard_state {
-                    commit_writes.push((*p, hs));
+                    commit_writes.push((*g, hs));
+                }
+                // What changed, for the layer above.
+                if let Some(point) = w.snapshot.take() {
+                    events.push(LoopEvent::SnapshotInstalled { group: *g, point });
+                }
+                match slot.kind {
+                    GroupKind::Partition => {
+                        if let Some(last) = adv.committed.last().or(w.committed.last()) {
+                            events.push(LoopEvent::Committed {
+                                group: *g,
+                                index: last.index,
+                            });
+                        }
+                    }
+                    GroupKind::StateMachine => {
+                        let mut entries = std::mem::take(&mut w.committed);
+                        entries.extend(adv.committed);
+                        if !entries.is_empty() {
+                            events.push(LoopEvent::Applied { group: *g, entries });
+                        }
+                    }
+                }
+                let now_leadership = slot.leadership();
+                let before = slot.leadership;
+                if now_leadership != before {
+                    if campaigning(now_leadership.role) && !campaigning(before.role) {
+                        bump(&self.stats.elections, 1);
+                    }
+                    if now_leadership.leader != before.leader && now_leadership.leader.is_some() {
+                        bump(&self.stats.leader_changes, 1);
+                    }
+                    slot.leadership = now_leadership;
+                    events.push(LoopEvent::Leadership {
+                        group: *g,
+                        role: now_leadership.role,
+                        term: now_leadership.term,
+                        leader: now_leadership.leader,
+                        serving: now_leadership.serving,
+                    });
                 }
             }
         }
+        report.messages_sent += self.flush();
         {
             let mut slots = self.slots.borrow_mut();
-            for (p, to) in snapshots_sent {
-                if let Some(slot) = slots.get_mut(&p) {
+            for (g, to) in snapshots_sent {
+                if let Some(slot) = slots.get_mut(&g) {
                     slot.replica.report_snapshot_sent(to);
                 }
             }
         }
         // The commit index is persisted lazily: durable with the next sync.
-        for (p, hs) in commit_writes {
-            self.log.set_hard_state(p, hs).await?;
+        for (g, hs) in commit_writes {
+            self.log.set_hard_state(g, hs).await?;
         }
 
         let fetches: Vec<_> = self
             .slots
             .borrow()
             .iter()
-            .flat_map(|(p, s)| {
+            .flat_map(|(g, s)| {
                 s.replica
                     .store()
                     .take_pending_fetches()
                     .into_iter()
-                    .map(move |f| (*p, f))
+                    .map(move |f| (*g, f))
             })
             .collect();
-        for (p, f) in fetches {
+        for (g, f) in fetches {
             report.fetches += 1;
-            match self.log.entries(p, f.lo, f.hi, f.max_size).await {
+            match self.log.entries(g, f.lo, f.hi, f.max_size).await {
                 Ok(stored) => {
                     let entries = stored.iter().map(raft_entry_from_stored).collect();
                     let mut slots = self.slots.borrow_mut();
-                    if let Some(slot) = slots.get_mut(&p) {
+                    if let Some(slot) = slots.get_mut(&g) {
                         slot.replica.on_entries_fetched(entries, f.context);
                     }
                 }
@@ -619,16 +1002,44 @@ impl<T: Transport> ShardLoop<T> {
                 Err(e) => return Err(e.into()),
             }
         }
+        bump(&self.stats.messages_sent, report.messages_sent as u64);
         Ok(report)
     }
 
-    fn send(&self, p: PartitionId, msgs: Vec<Message>, snapshots: &mut Vec<(PartitionId, u64)>) {
-        for m in &msgs {
+    /// Queues `msgs` of group `g` (looking its members up).
+    fn queue(&self, g: GroupId, msgs: Vec<Message>, snapshots: &mut Vec<(GroupId, u64)>) {
+        let slots = self.slots.borrow();
+        let slot = slots.get(&g).expect("slot of a ready");
+        self.queue_for(g, &slot.members, msgs, snapshots);
+    }
+
+    fn queue_for(
+        &self,
+        g: GroupId,
+        members: &GroupMembers,
+        msgs: Vec<Message>,
+        snapshots: &mut Vec<(GroupId, u64)>,
+    ) {
+        let mut outbox = self.outbox.borrow_mut();
+        for m in msgs {
             if m.get_msg_type() == MessageType::MsgSnapshot {
-                snapshots.push((p, m.to));
+                snapshots.push((g, m.to));
+            }
+            match members.dest_of(m.to) {
+                Some(dest) => outbox.push(dest, g, m),
+                None => bump(&self.stats.undeliverable, 1),
             }
         }
-        self.transport.send(p, msgs);
+    }
+
+    /// Hands the queued messages to the transport; returns how many.
+    fn flush(&self) -> usize {
+        let mut outbox = self.outbox.borrow_mut();
+        let n = outbox.len();
+        if n > 0 {
+            self.transport.send(&mut outbox);
+        }
+        n
     }
 
     /// Whether input is waiting for the next iteration.
@@ -639,7 +1050,7 @@ impl<T: Transport> ShardLoop<T> {
                 .slots
                 .borrow()
                 .values()
-                .any(|s| s.campaign || s.replica.has_ready())
+                .any(|s| s.campaign || s.transfer_to.is_some() || s.replica.has_ready())
     }
 
     /// Wakes a task waiting in [`wait_for_input`](Self::wait_for_input)
@@ -655,21 +1066,31 @@ impl<T: Transport> ShardLoop<T> {
         self.wakeup.wait(timeout).await
     }
 
-    /// Runs iterations until `stop` is set, ticking every
-    /// `tick_interval` of wall-clock time and sleeping when idle.
-    pub async fn run(&self, stop: &Cell<bool>) -> Result<(), RaftError> {
+    /// Runs iterations until `stop` is set: ticks every `tick_interval`,
+    /// iterates while there is input, sleeps otherwise; calls `after` with
+    /// each iteration's report (the service takes the events there).
+    pub async fn run(
+        &self,
+        stop: &Cell<bool>,
+        mut after: impl FnMut(&IterationReport),
+    ) -> Result<(), RaftError> {
         let interval = self.cfg.tick_interval;
-        let mut next_tick = Instant::now() + interval;
+        let mut next_tick = self.clock.now() + interval;
         while !stop.get() {
-            let now = Instant::now();
+            let now = self.clock.now();
+            let mut due = 0u32;
             while now >= next_tick {
-                self.tick();
+                due += 1;
                 next_tick += interval;
             }
+            for _ in 0..due.min(TICKS_CATCH_UP_MAX) {
+                self.tick();
+            }
             let report = self.process().await?;
+            after(&report);
             if !report.did_work() && !self.has_pending_input() {
                 self.wakeup
-                    .wait(next_tick.saturating_duration_since(Instant::now()))
+                    .wait(next_tick.saturating_duration_since(self.clock.now()))
                     .await;
             }
         }

@@ -27,10 +27,13 @@
 //! are applied as they commit; re-applying the committed conf changes found
 //! in the log on restart is left to the membership-change work.
 //!
-//! Snapshots carry metadata only, since the data is the log itself: index =
-//! first index − 1, its term, the conf state and, in `data`, the log start
-//! offset (8 bytes, little endian). A follower that receives one restarts
-//! its partition at that point with [`ShardLog::reset`].
+//! Snapshots of a partition carry metadata only, since the data is the log
+//! itself: index = first index − 1, its term, the conf state and, in
+//! `data`, the log start offset (8 bytes, little endian). A follower that
+//! receives one restarts its partition at that point with
+//! [`ShardLog::reset`]. A group whose state machine is not its log (the
+//! controller) adds its state after those 8 bytes
+//! ([`Store::set_snapshot_data`]).
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -206,6 +209,9 @@ struct StoreState {
     /// request in `on_entries_fetched`, then dropped.
     fetched: Vec<Entry>,
     pending: Vec<PendingFetch>,
+    /// The state machine's snapshot at an index, for a group whose state
+    /// is not its log.
+    snapshot_data: Option<(u64, Bytes)>,
 }
 
 /// raft-rs storage of one partition replica. Shard view: lives on the shard
@@ -228,13 +234,14 @@ fn to_raft_error(e: StorageError) -> ::raft::Error {
 
 impl Store {
     /// Opens the store of `partition` (creating the partition if the log
-    /// does not have it) with the given voters. Reads every entry after the
-    /// persisted commit index into the cache, since raft may ask for any of
-    /// them synchronously.
+    /// does not have it) with the given voters and learners. Reads every
+    /// entry after the persisted commit index into the cache, since raft
+    /// may ask for any of them synchronously.
     pub async fn open(
         log: &ShardLog,
         partition: PartitionId,
         voters: &[u64],
+        learners: &[u64],
         entry_cache_bytes_max: usize,
     ) -> Result<Store, StorageError> {
         if !log.partitions().contains(&partition) {
@@ -250,6 +257,7 @@ impl Store {
         }
         let conf_state = ConfState {
             voters: voters.to_vec(),
+            learners: learners.to_vec(),
             ..Default::default()
         };
         Ok(Store {
@@ -262,6 +270,7 @@ impl Store {
                 applied,
                 fetched: Vec::new(),
                 pending: Vec::new(),
+                snapshot_data: None,
             }),
         })
     }
@@ -315,6 +324,13 @@ impl Store {
     /// Replaces the conf state (after a conf change applied).
     pub fn set_conf_state(&self, conf_state: ConfState) {
         self.state.borrow_mut().conf_state = conf_state;
+    }
+
+    /// Records the state machine's snapshot `data` taken at `index`; raft
+    /// sends it with the log start to a follower behind the compaction
+    /// point once the log is compacted to `index + 1`.
+    pub fn set_snapshot_data(&self, index: u64, data: Bytes) {
+        self.state.borrow_mut().snapshot_data = Some((index, data));
     }
 
     pub fn conf_state(&self) -> ConfState {
@@ -456,15 +472,31 @@ impl Storage for Store {
             .log
             .log_start_offset(self.partition)
             .map_err(to_raft_error)?;
-        snap.data = Bytes::copy_from_slice(&start_offset.to_le_bytes());
+        let st = self.state.borrow();
+        let extra = match &st.snapshot_data {
+            Some((at, data)) if *at == index => data.clone(),
+            // A group with a state machine of its own has no snapshot at
+            // this index yet: raft asks again later.
+            Some(_) => {
+                return Err(::raft::Error::Store(
+                    ::raft::StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
+            None => Bytes::new(),
+        };
+        let mut data = Vec::with_capacity(8 + extra.len());
+        data.extend_from_slice(&start_offset.to_le_bytes());
+        data.extend_from_slice(&extra);
+        snap.data = Bytes::from(data);
         Ok(snap)
     }
 }
 
-/// Reads the log start offset a snapshot carries.
-pub fn snapshot_start_offset(snap: &Snapshot) -> Option<u64> {
-    let bytes: [u8; 8] = snap.data.as_ref().try_into().ok()?;
-    Some(u64::from_le_bytes(bytes))
+/// Splits a snapshot's data into the log start offset and what the group's
+/// state machine added after it.
+pub fn split_snapshot_data(snap: &Snapshot) -> Option<(u64, Bytes)> {
+    let head: [u8; 8] = snap.data.get(..8)?.try_into().ok()?;
+    Some((u64::from_le_bytes(head), snap.data.slice(8..)))
 }
 
 #[cfg(test)]

@@ -9,8 +9,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use glommio::{LocalExecutorBuilder, Placement};
-use shardmq_engine::raft::eraftpb::Message;
-use shardmq_engine::raft::{ShardLoop, ShardLoopConfig, Transport};
+use shardmq_engine::raft::{
+    Dest, GroupKind, GroupMembers, Outbox, ShardLoop, ShardLoopConfig, Transport,
+};
 use shardmq_schema::batch::BatchBuilder;
 use shardmq_storage::{EntryKind, LogConfig, PartitionId, ShardLog};
 
@@ -73,7 +74,29 @@ pub fn check_deadline(deadline: Instant, what: &str) {
 pub struct NoNetwork;
 
 impl Transport for NoNetwork {
-    fn send(&self, _partition: PartitionId, _msgs: Vec<Message>) {}
+    fn send(&self, outbox: &mut Outbox) {
+        outbox.drain_each(|_, msgs| msgs.clear());
+    }
+}
+
+/// The members of a group whose replicas are raft ids `ids`, node `id` on
+/// shard 0 of broker `id`.
+pub fn members(ids: &[u64]) -> GroupMembers {
+    GroupMembers {
+        voters: ids
+            .iter()
+            .map(|id| {
+                (
+                    *id,
+                    Dest {
+                        node: *id as i32,
+                        shard: 0,
+                    },
+                )
+            })
+            .collect(),
+        learners: Vec::new(),
+    }
 }
 
 /// splitmix64: a seeded generator, so a run can be replayed from its seed.
@@ -107,7 +130,7 @@ impl Rng {
 struct InFlight {
     deliver_at: u64,
     partition: PartitionId,
-    msg: Message,
+    msg: shardmq_engine::raft::eraftpb::Message,
 }
 
 /// A simulated network between nodes `1..=n`: it delays, drops and
@@ -146,7 +169,7 @@ impl SimNet {
         a != b && (self.isolated.contains(&a) || self.isolated.contains(&b))
     }
 
-    fn submit(&mut self, partition: PartitionId, msg: Message) {
+    fn submit(&mut self, partition: PartitionId, msg: shardmq_engine::raft::eraftpb::Message) {
         self.sent += 1;
         if self.cut(msg.from, msg.to) || self.rng.chance(self.drop_per_mille) {
             self.dropped += 1;
@@ -166,7 +189,7 @@ impl SimNet {
 
     /// Takes the messages due now, in submission order; a partition that
     /// formed while they were in flight drops them.
-    fn take_due(&mut self) -> Vec<(PartitionId, Message)> {
+    fn take_due(&mut self) -> Vec<(PartitionId, shardmq_engine::raft::eraftpb::Message)> {
         let now = self.now;
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.queue)
             .into_iter()
@@ -186,11 +209,13 @@ pub struct SimTransport {
 }
 
 impl Transport for SimTransport {
-    fn send(&self, partition: PartitionId, msgs: Vec<Message>) {
+    fn send(&self, outbox: &mut Outbox) {
         let mut net = self.net.borrow_mut();
-        for m in msgs {
-            net.submit(partition, m);
-        }
+        outbox.drain_each(|_, msgs| {
+            for (group, m) in msgs.drain(..) {
+                net.submit(group, m);
+            }
+        });
     }
 }
 
@@ -229,7 +254,9 @@ impl Cluster {
             node_cfg.replica.election_tick = 10 + 4 * (id as usize - 1);
             node_cfg.replica.election_tick_max = node_cfg.replica.election_tick + 1;
             let lp = ShardLoop::new(log, SimTransport { net: net.clone() }, node_cfg);
-            lp.add_replica(partition, id, &voters).await.unwrap();
+            lp.add_replica(partition, id, members(&voters), GroupKind::Partition)
+                .await
+                .unwrap();
             nodes.push(lp);
             dirs.push(dir);
         }
