@@ -32,16 +32,15 @@ usage() {
 
 metrics_port() { echo "19${1}94"; }
 
-# True if the broker's /health answers 200.
+# True if the broker's /health answers 200. The connection is opened in a
+# subshell: a failed `exec` redirection would end this shell.
 healthy() {
-    local port
+    local port status
     port="$(metrics_port "$1")"
-    exec 3<>"/dev/tcp/127.0.0.1/$port" 2>/dev/null || return 1
-    printf 'GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
-    local status
-    read -r _ status _ <&3 || status=""
-    exec 3<&-
-    [ "$status" = "200" ]
+    status="$( (exec 3<>"/dev/tcp/127.0.0.1/$port" &&
+        printf 'GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3 &&
+        head -n 1 <&3) 2>/dev/null)" || return 1
+    [[ "$status" == *" 200 "* ]]
 }
 
 pid_of() {
