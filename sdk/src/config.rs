@@ -100,7 +100,10 @@ pub struct ProducerConfig {
     /// fail with that error. A batch whose outcome is unknown (a broker's
     /// RequestTimedOut, no response in time, a connection lost after the
     /// request was sent) is never sent again: its records fail with
-    /// [`crate::ClientError::OutcomeUnknown`].
+    /// [`crate::ClientError::OutcomeUnknown`]. Default `u32::MAX`: as
+    /// Kafka's producer, retries are bounded by `delivery_timeout`, so a
+    /// leader failover (an election, the new leader reaching the metadata)
+    /// is ridden out whatever the backoff.
     pub retries: u32,
     /// How long the producer keeps retrying a batch, counted from its
     /// first attempt: no retry starts after it, and the records fail with
@@ -140,7 +143,7 @@ impl Default for ProducerConfig {
             linger: Duration::from_millis(5),
             batch_bytes_max: 1 << 20,
             partitioner: Partitioner::KeyHash,
-            retries: 5,
+            retries: u32::MAX,
             delivery_timeout: Duration::from_secs(30),
             retry_backoff: Duration::from_millis(50),
             retry_backoff_max: Duration::from_secs(2),

@@ -227,10 +227,33 @@ pub async fn produce(
     let mut summary = ProduceSummary::default();
     let mut line_no = 0u64;
     let result = async {
-        while let Some(line) = lines.next_line().await.map_err(|source| CtlError::Stdio {
-            what: "read stdin",
-            source,
-        })? {
+        loop {
+            // Records are reported as their outcome arrives, also while
+            // standard input is idle, so whoever feeds it sees acks in
+            // time.
+            let line = tokio::select! {
+                biased;
+                outcome = async { (&mut pending.front_mut().expect("checked").0).await },
+                    if !pending.is_empty() =>
+                {
+                    let (delivery, line) = pending.pop_front().expect("checked");
+                    report_outcome(
+                        delivery.partition(),
+                        outcome,
+                        &line,
+                        options.report_acks,
+                        out,
+                        err,
+                        &mut summary,
+                    )?;
+                    continue;
+                }
+                line = lines.next_line() => line.map_err(|source| CtlError::Stdio {
+                    what: "read stdin",
+                    source,
+                })?,
+            };
+            let Some(line) = line else { break };
             line_no += 1;
             let (key, value) = match options.key_separator {
                 None => (None, line.as_str()),
@@ -318,6 +341,19 @@ async fn report(
 ) -> Result<()> {
     let partition = delivery.partition();
     let outcome = delivery.await;
+    report_outcome(partition, outcome, line, report_acks, out, err, summary)
+}
+
+/// Reports one record's known outcome (see [`report`]).
+fn report_outcome(
+    partition: i32,
+    outcome: shardmq_client::Result<shardmq_client::RecordMetadata>,
+    line: &str,
+    report_acks: bool,
+    out: &mut impl Write,
+    err: &mut impl Write,
+    summary: &mut ProduceSummary,
+) -> Result<()> {
     if !report_acks {
         // Without reports the first failure ends the command.
         outcome?;

@@ -351,6 +351,9 @@ pub async fn topic_report(client: &Client, name: &str) -> Result<TopicReport> {
     })
 }
 
+/// How long `topic describe` waits for each broker's answer.
+pub const DESCRIBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// DescribeReplicas of `topic` on each of `nodes`, concurrently.
 pub async fn describe_nodes(
     client: &Client,
@@ -362,7 +365,20 @@ pub async fn describe_nodes(
         let client = client.clone();
         let topic = topic.to_owned();
         asks.spawn(async move {
-            let result = client.describe_replicas(node_id, Some(&[&topic])).await;
+            // A broker that does not answer (frozen, partitioned) must not
+            // hold up the report of the others.
+            let result = match tokio::time::timeout(
+                DESCRIBE_TIMEOUT,
+                client.describe_replicas(node_id, Some(&[&topic])),
+            )
+            .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(ClientError::Timeout {
+                    after: DESCRIBE_TIMEOUT,
+                    request_sent: true,
+                }),
+            };
             (node_id, result)
         });
     }

@@ -22,7 +22,7 @@ use shardmq_engine::config::{parse_peers, Config, PeerSpec};
 /// A shardmq broker: a replicated, partitioned message log, one shard per
 /// core.
 #[derive(Debug, Parser)]
-#[command(name = "shardmq-broker", version)]
+#[command(name = "shardmq-broker", version, args_override_self = true)]
 struct Args {
     /// The TOML configuration file; without it every field takes its
     /// default (documented in configs/single.toml).

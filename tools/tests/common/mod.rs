@@ -7,8 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod cluster;
+
 /// Builds the broker binary next to this crate's binary and returns its path.
-fn broker_binary() -> PathBuf {
+/// It is built with the profile of the tests themselves (optimised), which
+/// the engine's own tests built already, so this is usually a no-op.
+pub fn broker_binary() -> PathBuf {
     let ctl = Path::new(env!("CARGO_BIN_EXE_shardmqctl"));
     let profile_dir = ctl.parent().expect("binary directory");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
@@ -16,6 +20,8 @@ fn broker_binary() -> PathBuf {
     build.args(["build", "-p", "shardmq-engine", "--bin", "shardmq-broker"]);
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         build.arg("--release");
+    } else {
+        build.args(["--profile", "test"]);
     }
     let status = build
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -29,7 +35,7 @@ fn broker_binary() -> PathBuf {
 /// without SO_REUSEADDR (glommio sets only SO_REUSEPORT), so a port that a
 /// connection of an earlier server still holds in TIME_WAIT counts as
 /// taken. std's `TcpListener::bind` sets SO_REUSEADDR and would miss it.
-fn bindable_as_broker(port: u16) -> bool {
+pub fn bindable_as_broker(port: u16) -> bool {
     let Ok(socket) = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
     else {
         return false;
@@ -44,7 +50,7 @@ fn bindable_as_broker(port: u16) -> bool {
 /// silently with it; ports here are never handed out that way. Each test
 /// process takes its own block of 100 ports, by pid, and hands each out once
 /// before it wraps.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let block = 20_000 + (std::process::id() % 120) as u16 * 100;
