@@ -45,3 +45,40 @@ fn single_toml_documents_every_field() {
         toml::Table::try_from(Config::default()).expect("the default serialises");
     assert_eq!(keys(&file), keys(&defaults));
 }
+
+#[test]
+fn the_three_broker_configs_are_valid_and_differ_only_where_they_must() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/cluster-3");
+    let mut configs = Vec::new();
+    for n in 1..=3 {
+        let path = dir.join(format!("broker-{n}.toml"));
+        let text = std::fs::read_to_string(&path).expect("the config file");
+        let config = Config::from_toml(&text, &path).expect("parses");
+        config.validate().expect("valid");
+        assert_eq!(config.broker.node_id, n);
+        assert_eq!(config.cluster.peers.len(), 3);
+        assert_eq!(config.cluster.voters(n), vec![1, 2, 3]);
+        configs.push(config);
+    }
+    for c in &configs[1..] {
+        assert_eq!(
+            c.cluster, configs[0].cluster,
+            "[cluster] is the same everywhere"
+        );
+    }
+    let mut ports: Vec<u16> = configs
+        .iter()
+        .flat_map(|c| {
+            [
+                c.broker.listen.port(),
+                c.broker.shard_port_base,
+                c.monitoring.metrics_listen.port(),
+            ]
+        })
+        .chain(configs[0].cluster.peers.iter().map(|p| p.addr.port()))
+        .collect();
+    let n = ports.len();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), n, "every port distinct");
+}

@@ -9,7 +9,9 @@
 //! Exit codes: 0 after a clean stop; 1 when the configuration is invalid
 //! or the broker cannot start; 3 when the cluster refused this broker (its
 //! data directory does not match what the cluster recorded for its node
-//! id); 101 when a thread panicked; 130 on a second signal during a stop.
+//! id); 4 when a shard log failed (an i/o error: nothing more can be made
+//! durable); 101 when a thread panicked; 130 on a second signal during a
+//! stop.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

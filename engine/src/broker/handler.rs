@@ -238,10 +238,13 @@ impl BrokerHandler {
             };
             let mut partitions = Vec::with_capacity(topic.partitions.len());
             for (index, a) in topic.partitions.iter().enumerate() {
-                let ids: Vec<i32> = a.replicas.iter().map(|r| r.node_id).collect();
+                // The preferred leader first, as the protocol says.
+                let mut ordered: Vec<_> = a.replicas.iter().collect();
+                ordered.sort_by_key(|r| r.node_id != a.preferred_leader);
+                let ids: Vec<i32> = ordered.iter().map(|r| r.node_id).collect();
                 let replica_ids = b.create_vector(&ids);
-                let mut replicas = Vec::with_capacity(a.replicas.len());
-                for r in &a.replicas {
+                let mut replicas = Vec::with_capacity(ordered.len());
+                for r in ordered {
                     let shard_port = view
                         .broker(r.node_id)
                         .and_then(|broker| broker.shard_port(r.shard))
@@ -1012,12 +1015,17 @@ impl BrokerHandler {
             .into_iter()
             .next()
             .unwrap_or_else(|| Err(ServiceError::new(ErrorCode::BrokerShuttingDown, "not done")));
-        let leader = self
-            .view()
-            .locate(&topic, partition)
-            .ok()
-            .and_then(|(_, a)| a.leader)
-            .unwrap_or(-1);
+        // Done with a wait: the controller saw `to` lead (this shard's view
+        // may not have that change yet). Otherwise: the leader recorded.
+        let leader = if result.is_ok() && timeout_ms > 0 {
+            to
+        } else {
+            self.view()
+                .locate(&topic, partition)
+                .ok()
+                .and_then(|(_, a)| a.leader)
+                .unwrap_or(-1)
+        };
         let mut b = FlatBufferBuilder::new();
         let (error_code, error_message) = outcome(&mut b, &result);
         let body = p::TransferLeaderResponse::create(

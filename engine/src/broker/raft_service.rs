@@ -47,6 +47,9 @@ use crate::raft::{
     ShardLoopConfig, StateRole, CONTROLLER_GROUP,
 };
 
+/// Exit code of a broker whose shard log failed.
+pub const EXIT_STORAGE_FAILED: i32 = 4;
+
 /// The raft id of node `node_id`'s replicas. raft-rs reserves 0, which is
 /// a valid node id, so ids are shifted by one.
 pub fn raft_id(node_id: NodeId) -> u64 {
@@ -259,8 +262,9 @@ impl RaftService {
     }
 
     /// Drives the shard loop until [`close`](Self::close). Runs as a task
-    /// of the shard. A storage failure stops it (the log is poisoned:
-    /// nothing more can be made durable) and the shard with it.
+    /// of the shard. A storage failure stops the process (exit code
+    /// [`EXIT_STORAGE_FAILED`]): the log is poisoned and nothing more can be
+    /// made durable.
     pub async fn run(self: Rc<Self>) {
         let mut events = Vec::new();
         let result = self
@@ -273,7 +277,17 @@ impl RaftService {
             })
             .await;
         if let Err(error) = result {
-            tracing::error!(shard = self.shard, %error, "raft shard loop failed");
+            // The shard log failed (an i/o error poisons it): nothing more
+            // can be made durable here, and a replica that cannot persist
+            // must not go on answering Raft. The whole broker stops, so its
+            // replicas' groups elect leaders elsewhere and the operator sees
+            // why.
+            tracing::error!(shard = self.shard, %error, "raft shard loop failed; stopping the broker");
+            eprintln!(
+                "shardmq-broker: shard {}: the shard log failed: {error}; stopping",
+                self.shard
+            );
+            std::process::exit(EXIT_STORAGE_FAILED);
         }
         self.stopped.trigger();
     }

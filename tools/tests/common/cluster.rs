@@ -89,6 +89,8 @@ record_bytes_max = 262144
 
 [cluster]
 broker_session_timeout_ms = 3000
+# Small, so every test exercises controller snapshots and log compaction.
+controller_snapshot_entries = 25
 ";
 
 impl Cluster {
