@@ -88,7 +88,19 @@ pub struct Consumer {
     /// Next offset to return per assigned partition; `None` until resolved
     /// from `config.start`.
     positions: BTreeMap<i32, Option<i64>>,
+    /// Fetches still in flight, at most one per broker shard address: a
+    /// poll returns as soon as one of them brings records, and the others
+    /// go on into the next poll instead of being sent again. Each answers
+    /// `(address, the (partition, offset) pairs it asked, its outcome)`.
+    in_flight: JoinSet<FetchOutcome>,
+    /// The addresses `in_flight` has a fetch to, with what the newest one
+    /// asked: a poll that wants something else there (a seek moved a
+    /// position) sends another, and the answer of the stale one is dropped.
+    in_flight_addrs: HashMap<String, Vec<(i32, i64)>>,
 }
+
+/// What one background fetch brought back.
+type FetchOutcome = (String, Vec<(i32, i64)>, Result<Vec<FetchResult>>);
 
 impl Consumer {
     /// Connects a new [`Client`] and makes a consumer over it.
@@ -103,6 +115,8 @@ impl Consumer {
             config,
             topic: None,
             positions: BTreeMap::new(),
+            in_flight: JoinSet::new(),
+            in_flight_addrs: HashMap::new(),
         }
     }
 
@@ -361,12 +375,14 @@ impl Consumer {
     }
 
     /// One fetch per owning shard, concurrently, each a long poll until
-    /// `deadline`. Returns the answers without error (those with records
-    /// or at the end of the log) and whether some partition was refused
-    /// with a retriable error (then the metadata was refreshed or a hint
-    /// applied).
+    /// `deadline`, except to shards that still have one in flight from an
+    /// earlier poll. Returns as soon as one brings records (the others stay
+    /// in flight), or at the deadline: the answers without error (those
+    /// with records or at the end of the log) that still match the
+    /// positions, and whether some partition was refused with a retriable
+    /// error (then the metadata was refreshed or a hint applied).
     async fn fetch_round(
-        &self,
+        &mut self,
         topic: &str,
         deadline: Instant,
     ) -> Result<(Vec<(FetchResult, i64)>, bool)> {
@@ -389,8 +405,16 @@ impl Consumer {
         let max_wait_ms = u32::try_from(max_wait.as_millis()).unwrap_or(u32::MAX);
         let timeout = self.client.config().request_timeout + max_wait;
         let allow_follower = matches!(self.config.read_from, ReadFrom::Replica(_));
-        let mut fetches = JoinSet::new();
-        for (addr, parts) in by_addr {
+        // The fetches sent by this round: it waits for them (or records),
+        // not for ones carried over from an earlier poll.
+        let mut started: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for (addr, mut parts) in by_addr {
+            parts.sort_unstable();
+            if self.in_flight_addrs.get(&addr) == Some(&parts) {
+                continue;
+            }
+            self.in_flight_addrs.insert(addr.clone(), parts.clone());
+            started.insert(addr.clone());
             let client = self.client.clone();
             let topic = topic.to_owned();
             let (min_bytes, partition_max, fetch_max) = (
@@ -398,51 +422,95 @@ impl Consumer {
                 self.config.partition_bytes_max,
                 self.config.fetch_bytes_max,
             );
-            fetches.spawn(async move {
-                let conn = client.connection(&addr).await?;
-                let items: Vec<FetchItem<'_>> = parts
-                    .iter()
-                    .map(|&(partition, offset)| FetchItem {
-                        topic: &topic,
-                        partition,
-                        offset,
-                        max_bytes: partition_max,
-                    })
-                    .collect();
-                let response = conn
-                    .request_with_timeout(
-                        |id, client_id| {
-                            codec::encode_fetch(
-                                id,
-                                client_id,
-                                max_wait_ms,
-                                min_bytes,
-                                fetch_max,
-                                allow_follower,
-                                &items,
-                            )
-                        },
-                        timeout,
-                    )
-                    .await?;
-                codec::decode_fetch(&response)
+            self.in_flight.spawn(async move {
+                let result = async {
+                    let conn = client.connection(&addr).await?;
+                    let items: Vec<FetchItem<'_>> = parts
+                        .iter()
+                        .map(|&(partition, offset)| FetchItem {
+                            topic: &topic,
+                            partition,
+                            offset,
+                            max_bytes: partition_max,
+                        })
+                        .collect();
+                    let response = conn
+                        .request_with_timeout(
+                            |id, client_id| {
+                                codec::encode_fetch(
+                                    id,
+                                    client_id,
+                                    max_wait_ms,
+                                    min_bytes,
+                                    fetch_max,
+                                    allow_follower,
+                                    &items,
+                                )
+                            },
+                            timeout,
+                        )
+                        .await?;
+                    codec::decode_fetch(&response)
+                }
+                .await;
+                (addr, parts, result)
             });
         }
         let mut answers: Vec<FetchResult> = Vec::new();
         let mut first_error = None;
-        while let Some(joined) = fetches.join_next().await {
+        let hard_deadline = deadline + self.client.config().request_timeout;
+        while !started.is_empty() {
+            let left = hard_deadline.saturating_duration_since(Instant::now());
+            let joined = match tokio::time::timeout(left, self.in_flight.join_next()).await {
+                Ok(Some(joined)) => joined,
+                // Nothing in flight, or a broker that does not answer: what
+                // came is the answer.
+                Ok(None) | Err(_) => break,
+            };
             match joined {
-                Ok(Ok(results)) => answers.extend(results),
-                Ok(Err(error)) if error.is_retriable() => {
-                    refused = true;
-                    refresh |= error.needs_metadata_refresh();
-                }
-                Ok(Err(error)) => {
-                    first_error.get_or_insert(error);
+                Ok((addr, parts, outcome)) => {
+                    if self.in_flight_addrs.get(&addr).is_some_and(|newest| {
+                        let mut asked = parts.clone();
+                        asked.sort_unstable();
+                        *newest == asked
+                    }) {
+                        self.in_flight_addrs.remove(&addr);
+                        started.remove(&addr);
+                    }
+                    match outcome {
+                        Ok(results) => {
+                            // Only answers for positions that did not move
+                            // meanwhile (a seek, or a fetch elsewhere).
+                            let asked: HashMap<i32, i64> = parts.into_iter().collect();
+                            let current: Vec<FetchResult> = results
+                                .into_iter()
+                                .filter(|r| {
+                                    asked.get(&r.partition).copied()
+                                        == self.positions.get(&r.partition).copied().flatten()
+                                })
+                                .collect();
+                            let got_records = current.iter().any(|r| !r.records.is_empty());
+                            answers.extend(current);
+                            if got_records {
+                                break;
+                            }
+                        }
+                        Err(error) if error.is_retriable() => {
+                            refused = true;
+                            refresh |= error.needs_metadata_refresh();
+                        }
+                        Err(error) => {
+                            first_error.get_or_insert(error);
+                        }
+                    }
                 }
                 Err(join) => {
+                    // A fetch task panicked (a bug): start over clean.
+                    self.in_flight.abort_all();
+                    self.in_flight_addrs.clear();
                     first_error
                         .get_or_insert(ClientError::protocol(format!("fetch task failed: {join}")));
+                    break;
                 }
             }
         }

@@ -126,3 +126,67 @@ fn a_leader_is_moved_on_request_through_the_controller() {
     // hands leadership back.
     assert_eq!(cluster.partition_leader("moves", 0), Some(to));
 }
+
+#[test]
+fn a_consumer_of_partitions_led_by_several_brokers_gets_the_first_record_without_waiting_out_its_long_poll(
+) {
+    use shardmq_client::{
+        ClientConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, SeekTo,
+    };
+    let _serial = serial();
+    let cluster = Cluster::start(3);
+    cluster.ctl_ok(&[
+        "topic",
+        "create",
+        "spread",
+        "--partitions",
+        "3",
+        "--replication-factor",
+        "3",
+    ]);
+    let d = wait_for("three leaders", Duration::from_secs(30), || {
+        let d = cluster.describe_topic("spread")?;
+        (0..3).all(|p| leader_in(&d, p).is_some()).then_some(d)
+    });
+    let leaders: std::collections::BTreeSet<i32> =
+        (0..3).map(|p| leader_in(&d, p).unwrap()).collect();
+    assert_eq!(leaders.len(), 3, "one leader per broker");
+    let bootstrap: Vec<String> = cluster.nodes.iter().map(|n| n.addr()).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let config = ClientConfig::new(bootstrap);
+        let mut consumer = Consumer::connect(config.clone(), ConsumerConfig::default())
+            .await
+            .unwrap();
+        consumer.assign_all("spread").await.unwrap();
+        consumer.seek_all(SeekTo::Latest).await.unwrap();
+        // Nothing yet: every broker holds its fetch as a long poll.
+        assert!(consumer
+            .poll(Duration::from_millis(200))
+            .await
+            .unwrap()
+            .is_empty());
+        let producer = Producer::connect(config, ProducerConfig::default())
+            .await
+            .unwrap();
+        let sent = std::time::Instant::now();
+        producer
+            .enqueue(
+                ProducerRecord::new("spread", bytes::Bytes::from_static(b"first")).partition(1),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let long_poll = Duration::from_secs(30);
+        let records = consumer.poll(long_poll).await.unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].partition, 1);
+        // The two brokers with nothing did not hold the answer back until
+        // the long poll's end.
+        assert!(sent.elapsed() < long_poll / 2, "{:?}", sent.elapsed());
+    });
+}

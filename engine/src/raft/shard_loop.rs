@@ -827,6 +827,24 @@ impl<T: Transport> ShardLoop<T> {
             }
         }
         report.readies = works.len();
+        // Entries a Ready hands out as committed are already durable here
+        // and on a quorum (raft-rs hands out only persisted ones): their
+        // produces are answered now, not after this iteration's sync of
+        // newer entries.
+        let early_now = self.clock.now();
+        let mut resolved_early = Vec::with_capacity(works.len());
+        {
+            let mut slots = self.slots.borrow_mut();
+            for (g, w) in &works {
+                let early = w.snapshot.is_none() && !w.committed.is_empty();
+                if early {
+                    let slot = slots.get_mut(g).expect("slot of a ready");
+                    report.produces_resolved +=
+                        slot.on_committed(&w.committed, &self.commit_latency, early_now);
+                }
+                resolved_early.push(early);
+            }
+        }
         // Snapshots sent, reported to raft once no Ready is in flight.
         let mut snapshots_sent: Vec<(GroupId, u64)> = Vec::new();
 
@@ -894,14 +912,16 @@ impl<T: Transport> ShardLoop<T> {
         {
             let mut slots = self.slots.borrow_mut();
             let mut events = self.events.borrow_mut();
-            for (g, w) in &mut works {
+            for ((g, w), early) in works.iter_mut().zip(&resolved_early) {
                 let slot = slots.get_mut(g).expect("slot of a ready");
                 if !w.persisted_messages.is_empty() {
                     let msgs = std::mem::take(&mut w.persisted_messages);
                     self.queue_for(*g, &slot.members, msgs, &mut snapshots_sent);
                 }
-                report.produces_resolved +=
-                    slot.on_committed(&w.committed, &self.commit_latency, now);
+                if !early {
+                    report.produces_resolved +=
+                        slot.on_committed(&w.committed, &self.commit_latency, now);
+                }
                 let (adv, failed) = slot.replica.on_persisted();
                 for (ticket, err) in failed {
                     if slot
