@@ -150,6 +150,8 @@ pub struct ShardMetrics {
     /// Raft messages dropped: received with a full inbox or for a group not
     /// here, or with no way to their destination.
     pub raft_messages_dropped: AtomicU64,
+    /// Partition replicas of this shard asleep (quiesced) now.
+    pub raft_quiesced: AtomicU64,
     /// Inter-broker frames written by this shard's links.
     pub peer_frames_sent: AtomicU64,
     /// Inter-broker bytes written by this shard's links.
@@ -389,6 +391,13 @@ impl BrokerMetrics {
                     .load(Ordering::Relaxed)
                     .saturating_sub(m.leaders.load(Ordering::Relaxed))
             },
+        );
+        per_shard(
+            &mut out,
+            "shardmq_raft_quiesced_groups",
+            "gauge",
+            "Partition replicas asleep: neither ticked nor heartbeating until there is work.",
+            &|m| m.raft_quiesced.load(Ordering::Relaxed),
         );
         for (name, help, pick) in [
             (

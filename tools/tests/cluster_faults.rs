@@ -554,3 +554,50 @@ fn brokers_the_cluster_does_not_know_as_they_are_are_refused() {
     );
     still_serving(&cluster, "wiped");
 }
+
+/// The quiesced-groups gauge of broker `id`.
+fn quiesced(cluster: &Cluster, id: i32) -> Option<u64> {
+    let (_, body) = common::cluster::http_get(cluster.node(id).metrics, "/metrics")?;
+    body.lines()
+        .find(|l| l.starts_with("shardmq_raft_quiesced_groups{"))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn sleeping_groups_whose_leader_is_killed_elect_another_and_take_records() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(3);
+    create_topic(&cluster, "sleepy", 3);
+    let acks = produce(&cluster, "sleepy", (0..30).map(|i| format!("s-{i}")));
+    // Idle: every replica of the three partitions falls asleep.
+    wait_for("the groups to sleep", Duration::from_secs(60), || {
+        (1..=3)
+            .all(|id| quiesced(&cluster, id) == Some(3))
+            .then_some(())
+    });
+    let leader = cluster.partition_leader("sleepy", 0).unwrap();
+    cluster.kill(leader);
+    // The followers lose their connection from the dead broker, wake, and
+    // elect; records go to the new leaders.
+    let others = cluster.bootstrap_without(leader);
+    wait_for(
+        "a new leader of partition 0",
+        Duration::from_secs(30),
+        || {
+            let d = cluster.describe_topic_at(&others, "sleepy")?;
+            leader_in(&d, 0).filter(|l| *l != leader)
+        },
+    );
+    let after = cluster_produce_lines(
+        &others,
+        "sleepy",
+        (0..30).map(|i| format!("t-{i}")).collect(),
+    );
+    assert_eq!(after.len(), 30);
+    let mut all = acks;
+    all.extend(after);
+    assert_acked_present(&read_leaders(&cluster, &others, "sleepy"), &all, seq_of);
+}

@@ -294,6 +294,7 @@ impl RaftService {
 
     fn on_events(&self, events: &mut Vec<LoopEvent>) {
         let mut moved = false;
+        let mut roles_changed = false;
         for event in events.drain(..) {
             let group = match &event {
                 LoopEvent::Leadership { group, .. }
@@ -328,6 +329,7 @@ impl RaftService {
                     serving,
                     ..
                 } => {
+                    roles_changed = true;
                     if serving {
                         self.reports.borrow_mut().push(LeadershipReport {
                             group,
@@ -342,7 +344,10 @@ impl RaftService {
         if moved {
             self.visible.notify();
         }
-        self.update_counts();
+        // The counts walk every replica: only when a role changed.
+        if roles_changed {
+            self.update_counts();
+        }
     }
 
     fn update_counts(&self) {
@@ -424,6 +429,13 @@ impl RaftService {
             return Ok(());
         }
         let me = self.node_id;
+        // Brokers the controller marked failed: groups asleep here with
+        // their leader there tick again.
+        for broker in view.metadata.brokers.values() {
+            if !broker.is_active() {
+                self.raft.wake_followers_of(broker.node_id);
+            }
+        }
         let mut wanted: HashSet<GroupId> = HashSet::new();
         for (_topic, _index, assignment) in view.metadata.replicas_on(me, self.shard) {
             wanted.insert(assignment.group);

@@ -55,7 +55,7 @@ const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How often each shard re-sends the leaderships the metadata does not show
 /// (a report lost to a controller failover) and re-checks rebalancing.
-const RESYNC_INTERVAL: Duration = Duration::from_secs(2);
+const RESYNC_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Longest CreateTopics waits for the new partitions' leaders when the
 /// request asks to wait.
@@ -100,6 +100,8 @@ pub struct ShardCtx {
     pub admission: Option<Rc<ClusterAdmission>>,
     /// What this shard's inter-broker listener received.
     pub inbound_stats: RefCell<Option<shardmq_net::peer::InboundStatsHandle>>,
+    /// Stats copies made (the per-replica gauges are refreshed on some).
+    stats_copies: Cell<u64>,
     /// Serialises metadata changes (shard 0).
     pub admin_lock: glommio::sync::Semaphore,
     /// The port of each shard's own listener, by shard index.
@@ -725,6 +727,7 @@ async fn serve(serving: Serving) -> Result<(), ShardError> {
         links,
         admission,
         inbound_stats: RefCell::new(peer_server.as_ref().map(|s| s.stats_handle())),
+        stats_copies: Cell::new(0),
         admin_lock: glommio::sync::Semaphore::new(1),
         shard_ports: RefCell::new(vec![0; shards]),
         client_port: Cell::new(0),
@@ -1104,6 +1107,10 @@ fn copy_stats(ctx: &ShardCtx) {
     copy_replication(ctx);
 }
 
+/// The per-replica gauges walk every replica of the shard: they are
+/// refreshed every this many stats copies, the shard's counters every copy.
+const REPLICA_GAUGES_EVERY: u64 = 10;
+
 /// Most log entries one follower-lag figure counts (the bytes behind are
 /// summed entry by entry).
 const LAG_ENTRIES_COUNTED_MAX: u64 = 100_000;
@@ -1116,6 +1123,8 @@ fn copy_replication(ctx: &ShardCtx) {
     let stats = raft.stats();
     m.raft_elections
         .store(stats.elections.get(), Ordering::Relaxed);
+    m.raft_quiesced
+        .store(stats.quiesced.get(), Ordering::Relaxed);
     m.raft_leader_changes
         .store(stats.leader_changes.get(), Ordering::Relaxed);
     m.raft_messages_sent
@@ -1139,6 +1148,11 @@ fn copy_replication(ctx: &ShardCtx) {
             .store(received.frames, Ordering::Relaxed);
         m.peer_bytes_received
             .store(received.bytes, Ordering::Relaxed);
+    }
+    let copies = ctx.stats_copies.get();
+    ctx.stats_copies.set(copies + 1);
+    if copies % REPLICA_GAUGES_EVERY != 0 {
+        return;
     }
     let lags = ctx.service.follower_lags();
     let log = ctx.service.log();

@@ -173,6 +173,17 @@ impl PeerHandler for ShardPeerHandler {
         }
     }
 
+    fn on_disconnect(&self, from: PeerAddr) {
+        // The groups led from there may have lost their leader: the ones
+        // asleep here tick again (and elect one if it is gone).
+        if let Some(service) = self.service.upgrade() {
+            let woken = service.shard_loop().wake_followers_of(from.node_id);
+            if woken > 0 {
+                tracing::debug!(peer = %from, woken, "connection lost: sleeping groups woken");
+            }
+        }
+    }
+
     async fn on_controller_request(&self, from: PeerAddr, command: Bytes) -> ControllerReply {
         let controller = self.controller.borrow().clone();
         match controller {

@@ -175,6 +175,11 @@ pub struct ShardLoopConfig {
     pub inbox_messages_max: usize,
     /// Length of one Raft tick in [`ShardLoop::run`]. Default 100 ms.
     pub tick_interval: Duration,
+    /// A partition whose leader has had nothing to replicate for this many
+    /// ticks (every follower has its whole log and commit) falls asleep:
+    /// neither it nor its followers tick or heartbeat until there is work
+    /// again. 0 keeps every group awake. Default 20 (2 s at 100 ms).
+    pub quiesce_after_ticks: u32,
 }
 
 impl Default for ShardLoopConfig {
@@ -183,9 +188,15 @@ impl Default for ShardLoopConfig {
             replica: ReplicaConfig::default(),
             inbox_messages_max: 65_536,
             tick_interval: Duration::from_millis(100),
+            quiesce_after_ticks: 20,
         }
     }
 }
+
+/// The context of the heartbeat a leader sends when its group falls
+/// asleep, and of its followers' answers. A follower that steps it from its
+/// leader stops ticking; the answer does not wake the leader.
+pub const QUIESCE_CONTEXT: &[u8] = b"shardmq-quiesce";
 
 /// Most ticks one iteration applies after the loop fell behind (a long
 /// sync): time lost beyond that is not made up, so a stall does not turn
@@ -284,6 +295,15 @@ struct Slot {
     campaign: bool,
     transfer_to: Option<u64>,
     leadership: Leadership,
+    /// Asleep: not ticked, sends nothing, until a message, a proposal or
+    /// the loss of its leader's broker wakes it (see [`QUIESCE_CONTEXT`]).
+    quiesced: bool,
+    /// Ticks a leader has spent with nothing to replicate.
+    idle_ticks: u32,
+    /// Listed in the loop's ready set.
+    dirty: bool,
+    /// Listed among the replicas ticks visit (awake ones).
+    ticked: bool,
 }
 
 impl Slot {
@@ -298,6 +318,23 @@ impl Slot {
             partition: self.replica.partition(),
             reason,
         }
+    }
+
+    /// A leader with nothing to do: its whole log committed, every
+    /// follower holding all of it, nobody waiting, no transfer.
+    fn at_rest(&self) -> bool {
+        let r = &self.replica;
+        if !r.is_leader()
+            || !self.waiters.is_empty()
+            || self.transfer_to.is_some()
+            || r.transferring_to().is_some()
+            || r.commit_index() != r.last_index()
+            || !r.leads_with_commit()
+        {
+            return false;
+        }
+        let last = r.last_index();
+        r.progress().iter().all(|(_, matched)| *matched == last)
     }
 
     fn leadership(&self) -> Leadership {
@@ -446,6 +483,8 @@ pub struct LoopStats {
     pub undeliverable: Cell<u64>,
     /// Raft messages handed to the transport.
     pub messages_sent: Cell<u64>,
+    /// Groups asleep now (quiesced).
+    pub quiesced: Cell<u64>,
 }
 
 fn bump(c: &Cell<u64>, by: u64) {
@@ -499,6 +538,13 @@ pub struct ShardLoop<T: Transport> {
     /// so a replica never disappears while its Ready is being written.
     lock: Semaphore,
     outbox: RefCell<Outbox>,
+    /// The ready set: groups that may have a Ready (stepped, proposed to,
+    /// ticked, asked to campaign). Only these are looked at.
+    dirty: RefCell<Vec<GroupId>>,
+    /// The replicas ticks visit: every awake one (asleep ones leave it at
+    /// the next tick, and come back when woken), so a tick costs nothing
+    /// per sleeping group.
+    awake: RefCell<Vec<GroupId>>,
     events: RefCell<Vec<LoopEvent>>,
     stats: LoopStats,
     /// Proposal-to-commit latency of this node's proposals.
@@ -532,6 +578,8 @@ impl<T: Transport> ShardLoop<T> {
             wakeup: Wakeup::default(),
             lock: Semaphore::new(1),
             outbox: RefCell::new(Outbox::default()),
+            dirty: RefCell::new(Vec::new()),
+            awake: RefCell::new(Vec::new()),
             events: RefCell::new(Vec::new()),
             stats: LoopStats::default(),
             commit_latency: Arc::default(),
@@ -606,6 +654,10 @@ impl<T: Transport> ShardLoop<T> {
             waiters: BTreeMap::new(),
             campaign: false,
             transfer_to: None,
+            quiesced: false,
+            idle_ticks: 0,
+            dirty: false,
+            ticked: false,
             leadership: Leadership {
                 role: StateRole::Follower,
                 term: 0,
@@ -614,7 +666,9 @@ impl<T: Transport> ShardLoop<T> {
             },
         };
         slot.leadership = slot.leadership();
+        Self::list_awake(&self.awake, group, &mut slot);
         self.slots.borrow_mut().insert(group, slot);
+        self.mark(group);
         Ok(())
     }
 
@@ -695,6 +749,55 @@ impl<T: Transport> ShardLoop<T> {
         self.wakeup.notify();
     }
 
+    /// Puts `group` in the ready set (a no-op if it is there or gone).
+    fn mark(&self, group: GroupId) {
+        if let Some(slot) = self.slots.borrow_mut().get_mut(&group) {
+            Self::mark_slot(&self.dirty, group, slot);
+        }
+    }
+
+    fn mark_slot(dirty: &RefCell<Vec<GroupId>>, group: GroupId, slot: &mut Slot) {
+        if !slot.dirty {
+            slot.dirty = true;
+            dirty.borrow_mut().push(group);
+        }
+    }
+
+    /// Wakes every sleeping replica here whose leader is on broker `node`:
+    /// that broker is gone (its connection dropped, the controller marked it
+    /// failed), so they must tick again to elect another leader.
+    pub fn wake_followers_of(&self, node: NodeId) -> usize {
+        let mut woken = 0;
+        for (g, slot) in self.slots.borrow_mut().iter_mut() {
+            if !slot.quiesced {
+                continue;
+            }
+            let leader_node = slot
+                .replica
+                .leader_id()
+                .and_then(|id| slot.members.dest_of(id))
+                .map(|d| d.node);
+            if leader_node == Some(node) {
+                slot.quiesced = false;
+                slot.idle_ticks = 0;
+                woken += 1;
+                Self::list_awake(&self.awake, *g, slot);
+            }
+        }
+        if woken > 0 {
+            self.stats
+                .quiesced
+                .set(self.stats.quiesced.get().saturating_sub(woken as u64));
+            self.wakeup.notify();
+        }
+        woken
+    }
+
+    /// Replicas asleep here now.
+    pub fn quiesced_count(&self) -> u64 {
+        self.stats.quiesced.get()
+    }
+
     /// One Raft tick for every replica, applied on the next iteration.
     pub fn tick(&self) {
         self.ticks_pending
@@ -708,9 +811,31 @@ impl<T: Transport> ShardLoop<T> {
             .get_mut(&group)
             .ok_or(RaftError::UnknownPartition(group))?;
         slot.campaign = true;
+        self.wake_slot(group, slot);
+        Self::mark_slot(&self.dirty, group, slot);
         drop(slots);
         self.wakeup.notify();
         Ok(())
+    }
+
+    /// Wakes a sleeping replica (a no-op for an awake one: its idle count
+    /// goes on, since messages such as heartbeat answers are no work).
+    fn wake_slot(&self, group: GroupId, slot: &mut Slot) {
+        if std::mem::take(&mut slot.quiesced) {
+            slot.idle_ticks = 0;
+            self.stats
+                .quiesced
+                .set(self.stats.quiesced.get().saturating_sub(1));
+            Self::list_awake(&self.awake, group, slot);
+        }
+    }
+
+    /// Puts `group` in the list of replicas ticks visit.
+    fn list_awake(awake: &RefCell<Vec<GroupId>>, group: GroupId, slot: &mut Slot) {
+        if !slot.ticked {
+            slot.ticked = true;
+            awake.borrow_mut().push(group);
+        }
     }
 
     /// Asks a leading replica to hand leadership to raft id `to` on the
@@ -721,6 +846,8 @@ impl<T: Transport> ShardLoop<T> {
             .get_mut(&group)
             .ok_or(RaftError::UnknownPartition(group))?;
         slot.transfer_to = Some(to);
+        self.wake_slot(group, slot);
+        Self::mark_slot(&self.dirty, group, slot);
         drop(slots);
         self.wakeup.notify();
         Ok(())
@@ -741,6 +868,8 @@ impl<T: Transport> ShardLoop<T> {
             .get_mut(&group)
             .ok_or(RaftError::UnknownPartition(group))?;
         let ticket = slot.replica.propose(batch)?;
+        self.wake_slot(group, slot);
+        Self::mark_slot(&self.dirty, group, slot);
         let (tx, rx) = oneshot::channel();
         let old = slot.waiters.insert(
             ticket.index,
@@ -780,16 +909,23 @@ impl<T: Transport> ShardLoop<T> {
         };
         let mut report = IterationReport::default();
         let mut works: Vec<(GroupId, ReadyWork)> = Vec::new();
+        // The groups looked at in this iteration (the ready set).
+        let touched: Vec<GroupId>;
         let unreachable = self.transport.take_unreachable();
         {
             let mut slots = self.slots.borrow_mut();
+            let dirty = &self.dirty;
             if !unreachable.is_empty() {
-                for slot in slots.values_mut() {
+                for (g, slot) in slots.iter_mut() {
                     for dest in &unreachable {
                         let ids: Vec<u64> = slot.members.ids_at(*dest).collect();
                         for id in ids {
                             if slot.replica.is_leader() {
                                 slot.replica.report_unreachable(id);
+                                Self::mark_slot(dirty, *g, slot);
+                            } else if slot.quiesced && slot.replica.leader_id() == Some(id) {
+                                // Its leader cannot be reached: tick again.
+                                self.wake_slot(*g, slot);
                             }
                         }
                     }
@@ -799,15 +935,110 @@ impl<T: Transport> ShardLoop<T> {
             for (g, msg) in inbox {
                 match slots.get_mut(&g) {
                     Some(slot) => {
+                        let quiesce = msg.context.as_ref() == QUIESCE_CONTEXT;
+                        let (from, term, kind) = (msg.from, msg.term, msg.get_msg_type());
+                        // Heartbeats of the current leadership carry no work
+                        // (one sent just before the group fell asleep may
+                        // arrive after): they do not wake it.
+                        let same_leadership = term == slot.replica.term()
+                            && match kind {
+                                MessageType::MsgHeartbeat => slot.replica.leader_id() == Some(from),
+                                MessageType::MsgHeartbeatResponse => slot.replica.is_leader(),
+                                _ => false,
+                            };
+                        if !quiesce && !same_leadership {
+                            self.wake_slot(g, slot);
+                        }
                         if let Err(e) = slot.replica.step(msg) {
                             tracing::debug!(group = g, error = %e, "raft message dropped");
                         }
+                        if quiesce
+                            && kind == MessageType::MsgHeartbeat
+                            && slot.replica.role() == StateRole::Follower
+                            && slot.replica.leader_id() == Some(from)
+                            && slot.replica.term() == term
+                            && !slot.quiesced
+                        {
+                            // The leader has nothing more to send: sleep.
+                            slot.quiesced = true;
+                            bump(&self.stats.quiesced, 1);
+                        }
+                        Self::mark_slot(dirty, g, slot);
                     }
                     None => bump(&self.stats.inbound_dropped, 1),
                 }
             }
             let ticks = self.ticks_pending.replace(0).min(TICKS_CATCH_UP_MAX);
-            for (g, slot) in slots.iter_mut() {
+            let quiesce_after = self.cfg.quiesce_after_ticks;
+            let mut outbox = self.outbox.borrow_mut();
+            // Ticks visit the awake groups only.
+            let visit = if ticks > 0 {
+                std::mem::take(&mut *self.awake.borrow_mut())
+            } else {
+                Vec::new()
+            };
+            let mut still_awake = Vec::with_capacity(visit.len());
+            for g in visit {
+                let Some(slot) = slots.get_mut(&g) else {
+                    continue;
+                };
+                let g = &g;
+                if slot.quiesced {
+                    slot.ticked = false;
+                    continue;
+                }
+                still_awake.push(*g);
+                if quiesce_after > 0 && slot.kind == GroupKind::Partition {
+                    if !slot.at_rest() {
+                        slot.idle_ticks = 0;
+                    } else if slot.idle_ticks >= quiesce_after {
+                        // Every follower has the whole log and the commit:
+                        // tell them, and sleep (before this tick, which
+                        // would send another heartbeat).
+                        for (id, matched) in slot.replica.progress() {
+                            if id == slot.replica.id() {
+                                continue;
+                            }
+                            if let Some(dest) = slot.members.dest_of(id) {
+                                let mut hb = Message::default();
+                                hb.set_msg_type(MessageType::MsgHeartbeat);
+                                hb.to = id;
+                                hb.from = slot.replica.id();
+                                hb.term = slot.replica.term();
+                                hb.commit = matched.min(slot.replica.commit_index());
+                                hb.context = bytes::Bytes::from_static(QUIESCE_CONTEXT);
+                                outbox.push(dest, *g, hb);
+                            }
+                        }
+                        slot.quiesced = true;
+                        slot.idle_ticks = 0;
+                        bump(&self.stats.quiesced, 1);
+                        slot.ticked = false;
+                        still_awake.pop();
+                        continue;
+                    } else {
+                        slot.idle_ticks = slot.idle_ticks.saturating_add(ticks);
+                    }
+                }
+                for _ in 0..ticks {
+                    slot.replica.tick();
+                }
+                Self::mark_slot(dirty, *g, slot);
+            }
+            drop(outbox);
+            if ticks > 0 {
+                // Woken meanwhile ones were pushed onto the (emptied) list.
+                let mut awake = self.awake.borrow_mut();
+                still_awake.append(&mut awake);
+                *awake = still_awake;
+            }
+            // The ready set: only groups something happened to.
+            touched = std::mem::take(&mut *self.dirty.borrow_mut());
+            for &g in &touched {
+                let Some(slot) = slots.get_mut(&g) else {
+                    continue;
+                };
+                slot.dirty = false;
                 if std::mem::take(&mut slot.campaign) {
                     if let Err(e) = slot.replica.campaign() {
                         tracing::debug!(group = g, error = %e, "campaign refused");
@@ -818,11 +1049,8 @@ impl<T: Transport> ShardLoop<T> {
                         slot.replica.transfer_leader(to);
                     }
                 }
-                for _ in 0..ticks {
-                    slot.replica.tick();
-                }
                 if let Some(work) = slot.replica.take_ready() {
-                    works.push((*g, work));
+                    works.push((g, work));
                 }
             }
         }
@@ -923,6 +1151,11 @@ impl<T: Transport> ShardLoop<T> {
                         slot.on_committed(&w.committed, &self.commit_latency, now);
                 }
                 let (adv, failed) = slot.replica.on_persisted();
+                // Proposals queued during the write were proposed now: the
+                // group has work for the next iteration.
+                if slot.replica.has_ready() {
+                    Self::mark_slot(&self.dirty, *g, slot);
+                }
                 for (ticket, err) in failed {
                     if slot
                         .waiters
@@ -987,6 +1220,7 @@ impl<T: Transport> ShardLoop<T> {
             for (g, to) in snapshots_sent {
                 if let Some(slot) = slots.get_mut(&g) {
                     slot.replica.report_snapshot_sent(to);
+                    Self::mark_slot(&self.dirty, g, slot);
                 }
             }
         }
@@ -995,18 +1229,22 @@ impl<T: Transport> ShardLoop<T> {
             self.log.set_hard_state(g, hs).await?;
         }
 
-        let fetches: Vec<_> = self
-            .slots
-            .borrow()
-            .iter()
-            .flat_map(|(g, s)| {
-                s.replica
-                    .store()
-                    .take_pending_fetches()
-                    .into_iter()
-                    .map(move |f| (*g, f))
-            })
-            .collect();
+        // Reads raft asked for: only groups looked at in this iteration can
+        // have asked (raft reads entries when it steps, ticks or proposes).
+        let fetches: Vec<_> = {
+            let slots = self.slots.borrow();
+            touched
+                .iter()
+                .filter_map(|g| Some((*g, slots.get(g)?)))
+                .flat_map(|(g, s)| {
+                    s.replica
+                        .store()
+                        .take_pending_fetches()
+                        .into_iter()
+                        .map(move |f| (g, f))
+                })
+                .collect()
+        };
         for (g, f) in fetches {
             report.fetches += 1;
             match self.log.entries(g, f.lo, f.hi, f.max_size).await {
@@ -1015,6 +1253,7 @@ impl<T: Transport> ShardLoop<T> {
                     let mut slots = self.slots.borrow_mut();
                     if let Some(slot) = slots.get_mut(&g) {
                         slot.replica.on_entries_fetched(entries, f.context);
+                        Self::mark_slot(&self.dirty, g, slot);
                     }
                 }
                 // The log moved meanwhile; raft asks again.
@@ -1066,11 +1305,7 @@ impl<T: Transport> ShardLoop<T> {
     pub fn has_pending_input(&self) -> bool {
         self.ticks_pending.get() > 0
             || !self.inbox.borrow().is_empty()
-            || self
-                .slots
-                .borrow()
-                .values()
-                .any(|s| s.campaign || s.transfer_to.is_some() || s.replica.has_ready())
+            || !self.dirty.borrow().is_empty()
     }
 
     /// Wakes a task waiting in [`wait_for_input`](Self::wait_for_input)

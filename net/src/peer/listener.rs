@@ -314,6 +314,7 @@ async fn serve_inbound<H: PeerHandler>(
         end
     };
     let (end, written) = futures_lite::future::zip(reader, write_side(&io, &conn)).await;
+    shared.handler.on_disconnect(from);
     if let Err(error) = &end {
         tracing::debug!(%from, %error, "closing an inter-broker connection");
         shared.stats.update(|stats| stats.protocol_errors += 1);

@@ -235,6 +235,13 @@ pub trait PeerHandler: 'static {
         from: PeerAddr,
         command: Bytes,
     ) -> impl Future<Output = ControllerReply>;
+
+    /// The connection from `from` ended (the peer closed it, its process
+    /// died, or it broke a rule). Its Raft groups may have lost their
+    /// leader: the engine wakes what it let sleep.
+    fn on_disconnect(&self, from: PeerAddr) {
+        let _ = from;
+    }
 }
 
 /// The state of the link to one destination.
