@@ -470,6 +470,10 @@ impl ShardLog {
             (file, path, taken, base, target, end, through)
         };
         let len = buf.len();
+        assert!(
+            pos % BLOCK_BYTES == 0 && len as u64 % BLOCK_BYTES == 0,
+            "a round writes whole blocks at a block boundary ({len} bytes at {pos})"
+        );
         let started = Instant::now();
         let result = match file.write_at(buf, pos).await {
             Ok(n) if n == len => Ok(()),
@@ -502,6 +506,11 @@ impl ShardLog {
                     }
                 }
                 Err(e) => inner.poisoned = Some(e.to_string()),
+            }
+            // A failed stage leaves the log poisoned and its positions as
+            // they were when the stage began; nothing more is promised.
+            if inner.poisoned.is_none() {
+                inner.assert_invariants();
             }
         }
         self.shared.changed.notify(usize::MAX);
@@ -539,6 +548,11 @@ impl ShardLog {
                 }
                 Err(e) => inner.poisoned = Some(e.to_string()),
             }
+            // A failed stage leaves the log poisoned and its positions as
+            // they were when the stage began; nothing more is promised.
+            if inner.poisoned.is_none() {
+                inner.assert_invariants();
+            }
         }
         self.shared.changed.notify(usize::MAX);
         result
@@ -546,6 +560,51 @@ impl ShardLog {
 }
 
 impl Inner {
+    /// The writer's invariants, checked after every stage of a sync round,
+    /// in release builds too: a broken one means the durable position the
+    /// log reports (and so what `sync` promises) could be wrong.
+    /// - `durable_lsn <= written_lsn <= appended_lsn`;
+    /// - the staging buffer starts at a block boundary, within the segment,
+    ///   and mirrors the active segment's end;
+    /// - outside a write stage, the bytes appended but not written are
+    ///   exactly those after `written_end` in the staging buffer, and the
+    ///   buffer starts in the block holding `written_end`.
+    pub(super) fn assert_invariants(&self) {
+        assert!(
+            self.durable_lsn <= self.written_lsn && self.written_lsn <= self.appended_lsn,
+            "durable {} <= written {} <= appended {}",
+            self.durable_lsn,
+            self.written_lsn,
+            self.appended_lsn
+        );
+        let base = self.staging.base;
+        let appended_end = base + self.staging.fill as u64;
+        assert!(
+            base % BLOCK_BYTES == 0 && self.staging.fill <= self.staging.buf.len(),
+            "staging at {base} holds {} of {} bytes",
+            self.staging.fill,
+            self.staging.buf.len()
+        );
+        assert!(
+            appended_end <= self.cfg.segment_bytes,
+            "appended end {appended_end} within the segment"
+        );
+        let active_end = self.segments.get(&self.active_seq).map(|s| s.end);
+        assert_eq!(active_end, Some(appended_end), "active segment end");
+        if !self.writing {
+            assert!(
+                base <= self.written_end && self.written_end <= appended_end,
+                "written end {} within the staging buffer {base}..{appended_end}",
+                self.written_end
+            );
+            assert_eq!(
+                self.appended_lsn - self.written_lsn,
+                appended_end - self.written_end,
+                "unwritten bytes are the staged ones"
+            );
+        }
+    }
+
     pub(super) fn grow_staging(&mut self, len: usize) {
         let need = self.staging.fill + len;
         if need <= self.staging.buf.len() {
