@@ -56,9 +56,6 @@ const BLOCK_BYTES: u64 = 4096;
 const SCAN_CHUNK_BYTES: usize = 4 << 20;
 /// Segments are addressed with u32 positions.
 const SEGMENT_BYTES_LIMIT: u64 = u32::MAX as u64;
-/// Smallest staging buffer a sync round starts (capped by
-/// `write_buffer_bytes`).
-const STAGING_MIN_BYTES: usize = 64 << 10;
 const _: () = assert!(SCAN_CHUNK_BYTES as u64 % BLOCK_BYTES == 0);
 
 /// Shard log configuration. Every field has a default; see `configs/`.
@@ -331,6 +328,8 @@ struct Inner {
     segments: BTreeMap<u32, Segment>,
     active_seq: u32,
     staging: Staging,
+    /// Staging chunks written and free for reuse (see `Staging`).
+    staging_pool: Vec<glommio::io::DmaBuffer>,
     /// Chain link for the next record of the active segment.
     prev_crc: u32,
     /// Index rows of the active segment, written out when it is sealed.

@@ -173,7 +173,6 @@ impl ShardLog {
             // prepared while the one before fills.
             zero_fill_now(&file, &path, cfg.segment_bytes).await?;
         }
-        let staging_buf = file.alloc_dma_buffer(cfg.write_buffer_bytes);
         let writer = open_writer(&cfg, &path).await?;
         segments.insert(
             next_seq,
@@ -186,16 +185,14 @@ impl ShardLog {
                 sealed: false,
             },
         );
+        let staging = Staging::new(&cfg, 0);
         let inner = Inner {
             cfg,
             parts,
             segments,
             active_seq: next_seq,
-            staging: Staging {
-                buf: staging_buf,
-                base: 0,
-                fill: 0,
-            },
+            staging,
+            staging_pool: Vec::new(),
             prev_crc: chain_seed(next_seq),
             active_rows: Vec::new(),
             appended_lsn: 0,

@@ -91,7 +91,6 @@ impl ShardLog {
         let writer = open_writer(&cfg, &path).await?;
         {
             let mut inner = self.shared.inner.borrow_mut();
-            let buf = file.alloc_dma_buffer(inner.cfg.write_buffer_bytes);
             if let Some(seg) = inner.segments.get_mut(&old_seq) {
                 seg.sealed = true;
                 seg.writer = None;
@@ -108,11 +107,9 @@ impl ShardLog {
                 },
             );
             inner.active_seq = new_seq;
-            inner.staging = Staging {
-                buf,
-                base: 0,
-                fill: 0,
-            };
+            let fresh = Staging::new(&inner.cfg, 0);
+            let old = std::mem::replace(&mut inner.staging, fresh);
+            inner.recycle_chunks(old.chunks);
             inner.prev_crc = chain_seed(new_seq);
             inner.written_end = 0;
             inner.stats.segments_rolled += 1;
