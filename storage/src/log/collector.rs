@@ -100,8 +100,24 @@ impl ShardLog {
                 continue;
             }
             let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(end);
-            std::fs::remove_file(&path)
-                .map_err(|e| StorageError::io("delete segment", &path, e))?;
+            let (recycle, segment_bytes) = {
+                let inner = self.shared.inner.borrow();
+                (
+                    inner.free_segments.len() < inner.cfg.recycle_segments_max,
+                    inner.cfg.segment_bytes,
+                )
+            };
+            // Only a file of the full segment size is recycled (one from an
+            // earlier configuration is not).
+            let recycled = recycle && bytes == segment_bytes;
+            if recycled {
+                let free = free_path(&dir, seq);
+                std::fs::rename(&path, &free)
+                    .map_err(|e| StorageError::io("recycle segment", &free, e))?;
+            } else {
+                std::fs::remove_file(&path)
+                    .map_err(|e| StorageError::io("delete segment", &path, e))?;
+            }
             let idx = sidecar_path(&dir, seq);
             if let Err(e) = std::fs::remove_file(&idx) {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -112,7 +128,13 @@ impl ShardLog {
             inner.segments.remove(&seq);
             inner.stats.segments_deleted += 1;
             report.segments_deleted += 1;
-            report.bytes_freed += bytes;
+            if recycled {
+                inner.free_segments.push_back(seq);
+                inner.stats.segments_recycled += 1;
+                report.segments_recycled += 1;
+            } else {
+                report.bytes_freed += bytes;
+            }
         }
         sync_dir(&dir)?;
         self.shared.inner.borrow_mut().stats.fdatasync_calls += 1;

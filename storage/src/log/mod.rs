@@ -44,8 +44,8 @@ mod segments;
 mod writer;
 
 use segments::{
-    create_segment, open_writer, segment_path, sidecar_path, sync_dir, write_sidecar,
-    zero_fill_now, Prepared, Segment, PREPARE_SUFFIX,
+    create_segment, free_path, open_writer, segment_path, sidecar_path, sync_dir, write_sidecar,
+    zero_fill_now, Prepared, Segment, FREE_SUFFIX, PREPARE_SUFFIX,
 };
 use writer::Staging;
 
@@ -78,14 +78,29 @@ pub struct LogConfig {
     /// live bytes are at most this fraction of it, then deletes it.
     /// Default 0.5.
     pub gc_live_ratio_max: f64,
-    /// Write zeros through every segment before it takes records, at most
-    /// this many bytes per second (0: never). An fdatasync after a write
-    /// into blocks written once before has no extent conversion to journal;
-    /// on the reference disk it made 4 KiB synced appends several times
-    /// faster. The segment opened by `open` is zeroed at once; each next
-    /// one is prepared in the background while the current one fills, and
-    /// a roll that comes first takes it as far as it got. Default 64 MiB/s.
+    /// Write zeros through a new segment file before it takes records, at
+    /// most this many bytes per second (0: never). An fdatasync after a
+    /// write into blocks written once before has no extent conversion to
+    /// journal; on the reference disk it made 4 KiB synced appends several
+    /// times faster. A segment started in a recycled file (see
+    /// `recycle_segments_max`) needs none. Otherwise the segment opened by
+    /// `open` is zeroed at once, and each next one is prepared in the
+    /// background while the current one fills, only while the log appends
+    /// less than `prezero_pause_above_bytes_per_sec`; a roll that comes
+    /// first takes it as far as it got. Default 64 MiB/s.
     pub prezero_bytes_per_sec: u64,
+    /// Background zeroing pauses while the log appends faster than this:
+    /// a busy log keeps the disk, and its large rounds lose little to the
+    /// extent conversion zeroing saves (small records, where it matters,
+    /// come at low bandwidth). Default 128 MiB/s.
+    pub prezero_pause_above_bytes_per_sec: u64,
+    /// Segment files the collector keeps for reuse instead of deleting them
+    /// (as databases recycle their WAL files): a later segment starts in
+    /// one, whose blocks were all written once, so it needs no zeroing and
+    /// no extent conversion. A recycled file still holds its old records;
+    /// recovery never reads them (see `record`: each header carries its
+    /// segment's seq and the crc of the header before it). Default 4.
+    pub recycle_segments_max: usize,
     /// How a sync round makes its appends durable. Default
     /// [`SyncMode::Pipelined`].
     pub sync_mode: SyncMode,
@@ -124,6 +139,8 @@ impl LogConfig {
             preallocate: true,
             gc_live_ratio_max: 0.5,
             prezero_bytes_per_sec: 64 << 20,
+            prezero_pause_above_bytes_per_sec: 128 << 20,
+            recycle_segments_max: 4,
             sync_mode: SyncMode::Pipelined,
         }
     }
@@ -248,7 +265,10 @@ pub struct RetentionPolicy {
 /// What a collector pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GcReport {
+    /// Segments collected (deleted or recycled).
     pub segments_deleted: u64,
+    /// Of those, the files kept in the pool of recycled segment files.
+    pub segments_recycled: u64,
     pub entries_rewritten: u64,
     pub bytes_freed: u64,
 }
@@ -350,6 +370,9 @@ struct Inner {
     /// `SyncMode::Adaptive`).
     busy_at_last_write: bool,
     rolling: bool,
+    /// Recycled segment files (`<seq>.free`, seq the last one each held),
+    /// oldest first.
+    free_segments: VecDeque<u32>,
     /// The next segment, being zeroed in the background.
     prepared: Option<Prepared>,
     /// `reserve` calls waiting for staging-buffer space: ticket → bytes

@@ -20,6 +20,7 @@ use crate::replay::{RecordBody, Replay, Scanned};
 use crate::sidecar::{self, SidecarRow};
 use crate::stats::Stats;
 
+use super::segments::reuse_segment_file;
 use super::*;
 
 /// Reads the offset count and max timestamp of a data payload (already
@@ -38,6 +39,7 @@ impl ShardLog {
         std::fs::create_dir_all(&cfg.dir)
             .map_err(|e| StorageError::io("create dir", &cfg.dir, e))?;
         let mut seqs = Vec::new();
+        let mut free = Vec::new();
         let listing =
             std::fs::read_dir(&cfg.dir).map_err(|e| StorageError::io("list dir", &cfg.dir, e))?;
         for item in listing {
@@ -48,6 +50,10 @@ impl ShardLog {
                 if let Ok(seq) = stem.parse::<u32>() {
                     seqs.push(seq);
                 }
+            } else if let Some(stem) = name.strip_suffix(FREE_SUFFIX) {
+                if let Ok(seq) = stem.parse::<u32>() {
+                    free.push(seq);
+                }
             } else if name.ends_with(PREPARE_SUFFIX) {
                 // A segment that was being prepared when the process
                 // stopped: it never held records.
@@ -57,6 +63,17 @@ impl ShardLog {
             }
         }
         seqs.sort_unstable();
+        free.sort_unstable();
+        // Every seq a record ever carried is in a segment's name or a
+        // recycled file's: the next segment's seq is above all of them, so
+        // no old record in a recycled file can ever claim to belong to it.
+        let seq_max = seqs.iter().chain(&free).max().copied();
+        while free.len() > cfg.recycle_segments_max {
+            let path = free_path(&cfg.dir, free.remove(0));
+            std::fs::remove_file(&path)
+                .map_err(|e| StorageError::io("delete recycled segment", &path, e))?;
+        }
+        let mut free_segments: VecDeque<u32> = free.into();
         probe_device(&cfg.dir).await?;
 
         let mut report = RecoveryReport {
@@ -166,13 +183,22 @@ impl ShardLog {
         // Every open starts a new segment: the recovered newest segment is
         // sealed where its valid records end, and the new one begins with a
         // checkpoint, as every segment does.
-        let next_seq = last_seq.map_or(1, |s| s + 1);
-        let (file, path) = create_segment(&cfg, next_seq).await?;
-        if cfg.prezero_bytes_per_sec > 0 {
-            // The first segment is zeroed now, unthrottled; later ones are
-            // prepared while the one before fills.
-            zero_fill_now(&file, &path, cfg.segment_bytes).await?;
-        }
+        let next_seq = seq_max.map_or(1, |s| s + 1);
+        let (file, path) = match free_segments.pop_front() {
+            Some(old) => {
+                stats.segments_reused += 1;
+                reuse_segment_file(&cfg, old, next_seq).await?
+            }
+            None => {
+                let (file, path) = create_segment(&cfg, next_seq).await?;
+                if cfg.prezero_bytes_per_sec > 0 {
+                    // The first segment is zeroed now, unthrottled; later
+                    // ones are prepared while the one before fills.
+                    zero_fill_now(&file, &path, cfg.segment_bytes).await?;
+                }
+                (file, path)
+            }
+        };
         let writer = open_writer(&cfg, &path).await?;
         segments.insert(
             next_seq,
@@ -203,6 +229,7 @@ impl ShardLog {
             syncing: false,
             busy_at_last_write: false,
             rolling: false,
+            free_segments,
             prepared: None,
             space_queue: BTreeMap::new(),
             space_tickets: 0,
@@ -324,6 +351,9 @@ async fn scan_segment(file: &DmaFile, path: &Path, seq: u32) -> Result<ScanResul
     let mut window: ReadResult = ReadResult::default();
     let mut window_start = 0u64;
     let mut corrupt_at = None;
+    // The scan stopped at a whole record of an earlier life of a recycled
+    // file: the clean end of this segment's records, not damage.
+    let mut stale = false;
     let read = |at: u64, len: usize| async move {
         file.read_at(at, len)
             .await
@@ -346,6 +376,10 @@ async fn scan_segment(file: &DmaFile, path: &Path, seq: u32) -> Result<ScanResul
                 break;
             }
         };
+        if h.segment_seq < seq {
+            stale = true;
+            break;
+        }
         if h.segment_seq != seq || h.prev_header_crc != prev {
             corrupt_at = Some(pos);
             break;
@@ -421,7 +455,7 @@ async fn scan_segment(file: &DmaFile, path: &Path, seq: u32) -> Result<ScanResul
         prev = h.header_crc;
         pos += total;
     }
-    let nonzero_tail_bytes = if pos < file_len {
+    let nonzero_tail_bytes = if pos < file_len && !stale {
         let block_end = align_up(pos + 1).min(file_len);
         let tail = read(pos, (block_end - pos) as usize).await?;
         tail.iter()

@@ -4,7 +4,8 @@
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
+use std::time::{Duration, Instant};
 
 use glommio::io::{DmaFile, OpenOptions};
 
@@ -27,6 +28,11 @@ pub(super) struct Segment {
     /// End of the last record.
     pub(super) end: u64,
     pub(super) sealed: bool,
+}
+
+/// A recycled segment file whose last life was segment `seq`.
+pub(super) fn free_path(dir: &Path, seq: u32) -> PathBuf {
+    dir.join(format!("{seq:010}{FREE_SUFFIX}"))
 }
 
 pub(super) fn segment_path(dir: &Path, seq: u32) -> PathBuf {
@@ -83,10 +89,10 @@ impl ShardLog {
                         sync_dir(&cfg.dir)?;
                         (file, path)
                     }
-                    Err(_) => create_segment(&cfg, new_seq).await?,
+                    Err(_) => self.new_segment_file(new_seq).await?,
                 }
             }
-            _ => create_segment(&cfg, new_seq).await?,
+            _ => self.new_segment_file(new_seq).await?,
         };
         let writer = open_writer(&cfg, &path).await?;
         {
@@ -123,13 +129,33 @@ impl ShardLog {
         Ok(())
     }
 
-    /// Starts zeroing the segment after the active one in the background.
+    /// The file of a new segment `seq`: a recycled one if the pool has one,
+    /// else a new file. Its name is durable before it is returned.
+    pub(super) async fn new_segment_file(&self, seq: u32) -> Result<(Rc<DmaFile>, PathBuf)> {
+        let (cfg, free) = {
+            let mut inner = self.shared.inner.borrow_mut();
+            (inner.cfg.clone(), inner.free_segments.pop_front())
+        };
+        match free {
+            Some(old) => {
+                let file = reuse_segment_file(&cfg, old, seq).await?;
+                self.shared.inner.borrow_mut().stats.segments_reused += 1;
+                Ok(file)
+            }
+            None => create_segment(&cfg, seq).await,
+        }
+    }
+
+    /// Starts zeroing the segment after the active one in the background,
+    /// unless the next segment will start in a recycled file.
     pub(super) fn prepare_next(&self) {
         let mut inner = self.shared.inner.borrow_mut();
         let rate = inner.cfg.prezero_bytes_per_sec;
-        if rate == 0 || inner.prepared.is_some() {
+        if rate == 0 || inner.prepared.is_some() || !inner.free_segments.is_empty() {
             return;
         }
+        let pause_above = inner.cfg.prezero_pause_above_bytes_per_sec;
+        let log = Rc::downgrade(&self.shared);
         let seq = inner.active_seq + 1;
         let path = inner.cfg.dir.join(format!("{seq:010}{PREPARE_SUFFIX}"));
         let stop = Rc::new(Cell::new(false));
@@ -138,7 +164,16 @@ impl ShardLog {
         let task_path = path.clone();
         let task = glommio::spawn_local(async move {
             let (file, _) = create_file(&cfg, &task_path).await?;
-            zero_fill(&file, &task_path, cfg.segment_bytes, rate, &task_stop).await?;
+            let rates = (rate, pause_above);
+            zero_fill(
+                &file,
+                &task_path,
+                cfg.segment_bytes,
+                rates,
+                &task_stop,
+                &log,
+            )
+            .await?;
             Ok(file)
         });
         inner.prepared = Some(Prepared {
@@ -196,6 +231,8 @@ impl Drop for Inner {
 
 /// Suffix of a segment file being prepared (zeroed) before it is needed.
 pub(super) const PREPARE_SUFFIX: &str = ".log.prepare";
+/// Suffix of a recycled segment file, named after the last segment it held.
+pub(super) const FREE_SUFFIX: &str = ".free";
 /// Bytes of zeros written per call while preparing a segment.
 pub(super) const PREZERO_CHUNK_BYTES: usize = 128 << 10;
 
@@ -218,17 +255,42 @@ impl std::fmt::Debug for Prepared {
 }
 
 /// Writes zeros from the start of `file` up to `len` bytes, at most `rate`
-/// bytes per second, stopping early when `stop` is set, then fdatasyncs, so the blocks are allocated and their extents converted
-/// before records land in them.
+/// bytes per second, pausing while the log appends faster than
+/// `pause_above` bytes per second and stopping early when `stop` is set or
+/// the log is gone, then fdatasyncs, so the blocks are allocated and their
+/// extents converted before records land in them.
 pub(super) async fn zero_fill(
     file: &DmaFile,
     path: &Path,
     len: u64,
-    rate: u64,
+    (rate, pause_above): (u64, u64),
     stop: &Cell<bool>,
+    log: &Weak<Shared>,
 ) -> Result<()> {
+    /// How often the log's append rate is sampled.
+    const SAMPLE: Duration = Duration::from_millis(50);
+    let appended = || log.upgrade().map(|s| s.inner.borrow().appended_lsn);
     let mut pos = 0u64;
+    let mut sampled_at = Instant::now();
+    let Some(mut sampled_lsn) = appended() else {
+        return Ok(());
+    };
+    let mut busy = false;
     while pos < len && !stop.get() {
+        if sampled_at.elapsed() >= SAMPLE {
+            let Some(lsn) = appended() else {
+                return Ok(());
+            };
+            let per_sec = (lsn - sampled_lsn) as f64 / sampled_at.elapsed().as_secs_f64();
+            busy = per_sec > pause_above as f64;
+            sampled_at = Instant::now();
+            sampled_lsn = lsn;
+        }
+        if busy {
+            // Yield the disk to the log's rounds until the next sample.
+            glommio::timer::sleep(SAMPLE).await;
+            continue;
+        }
         let n = PREZERO_CHUNK_BYTES.min((len - pos) as usize);
         let mut buf = file.alloc_dma_buffer(n);
         buf.as_bytes_mut().fill(0);
@@ -236,10 +298,10 @@ pub(super) async fn zero_fill(
             .await
             .map_err(|e| StorageError::glommio("zero segment", path, e))?;
         pos += n as u64;
-        let pause = std::time::Duration::from_micros(n as u64 * 1_000_000 / rate.max(1));
+        let pause = Duration::from_micros(n as u64 * 1_000_000 / rate.max(1));
         glommio::timer::sleep(pause).await;
     }
-    if stop.get() {
+    if stop.get() || pos < len {
         // Taken early by a roll: the next fdatasync of records commits the
         // allocations too.
         return Ok(());
@@ -296,6 +358,34 @@ pub(super) async fn open_writer(cfg: &LogConfig, path: &Path) -> Result<Option<R
         .await
         .map_err(|e| StorageError::glommio("open segment for write-through", path, e))?;
     Ok(Some(Rc::new(file)))
+}
+
+/// Renames the recycled file of segment `old` into place as segment `seq`
+/// and opens it. The directory is fdatasynced before any record is written
+/// to it. Its old records stay where they are until overwritten; each
+/// carries `old` (less than `seq`) and its own chain, so recovery stops at
+/// the first of them after the new records.
+pub(super) async fn reuse_segment_file(
+    cfg: &LogConfig,
+    old: u32,
+    seq: u32,
+) -> Result<(Rc<DmaFile>, PathBuf)> {
+    assert!(
+        old < seq,
+        "a recycled file ({old}) only takes a newer segment ({seq})"
+    );
+    let from = free_path(&cfg.dir, old);
+    let path = segment_path(&cfg.dir, seq);
+    std::fs::rename(&from, &path)
+        .map_err(|e| StorageError::io("rename recycled segment", &path, e))?;
+    sync_dir(&cfg.dir)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(&path)
+        .await
+        .map_err(|e| StorageError::glommio("open recycled segment", &path, e))?;
+    Ok((Rc::new(file), path))
 }
 
 pub(super) async fn create_segment(cfg: &LogConfig, seq: u32) -> Result<(Rc<DmaFile>, PathBuf)> {
