@@ -20,6 +20,9 @@
 #                 figure printed is the median over the passes and the
 #                 ratios of each pass are printed too (a shared virtual disk
 #                 varies by tens of percent from minute to minute).
+#   SVF_BENCH     a shardmq-storage-bench binary to run instead of building
+#                 this tree's (to measure an earlier commit in the same
+#                 session)
 #
 # (a) Latency/bandwidth at 4 KiB, 64 KiB and 1 MiB: fio writes with
 #     io_uring, O_DIRECT, queue depth 1 and an fdatasync after every write
@@ -71,9 +74,13 @@ if ! command -v fio >/dev/null 2>&1; then
 fi
 command -v python3 >/dev/null 2>&1 || { echo "python3 is required" >&2; exit 1; }
 
-echo "== building shardmq-storage-bench (release)" >&2
-(cd "$ROOT" && cargo build --release --quiet -p shardmq-bench-harness)
-BENCH=${CARGO_TARGET_DIR:-$ROOT/target}/release/shardmq-storage-bench
+if [[ -n ${SVF_BENCH:-} ]]; then
+    BENCH=$SVF_BENCH
+else
+    echo "== building shardmq-storage-bench (release)" >&2
+    (cd "$ROOT" && cargo build --release --quiet -p shardmq-bench-harness)
+    BENCH=${CARGO_TARGET_DIR:-$ROOT/target}/release/shardmq-storage-bench
+fi
 [[ -x $BENCH ]] || { echo "bench binary not found at $BENCH" >&2; exit 1; }
 
 mkdir -p "$DIR"

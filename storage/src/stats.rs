@@ -12,6 +12,8 @@ pub(crate) struct Stats {
     pub write_calls: u64,
     pub segments_rolled: u64,
     pub segments_deleted: u64,
+    pub segments_recycled: u64,
+    pub segments_reused: u64,
     pub entries_rewritten: u64,
     pub corruptions: u64,
     /// Latency of one fdatasync stage, microseconds.
@@ -30,6 +32,8 @@ impl Default for Stats {
             write_calls: 0,
             segments_rolled: 0,
             segments_deleted: 0,
+            segments_recycled: 0,
+            segments_reused: 0,
             entries_rewritten: 0,
             corruptions: 0,
             // 1 µs to 60 s, 3 significant digits.
@@ -56,6 +60,11 @@ pub struct StatsSnapshot {
     pub write_calls: u64,
     pub segments_rolled: u64,
     pub segments_deleted: u64,
+    /// Segment files the collector put in the pool of recycled files
+    /// instead of deleting them.
+    pub segments_recycled: u64,
+    /// Segments started in a recycled file.
+    pub segments_reused: u64,
     pub entries_rewritten: u64,
     /// Corrupt records found on read or on recovery.
     pub corruptions: u64,
@@ -75,6 +84,8 @@ impl Stats {
             write_calls: self.write_calls,
             segments_rolled: self.segments_rolled,
             segments_deleted: self.segments_deleted,
+            segments_recycled: self.segments_recycled,
+            segments_reused: self.segments_reused,
             entries_rewritten: self.entries_rewritten,
             corruptions: self.corruptions,
             sync_latency_us: self.sync_latency_us.clone(),

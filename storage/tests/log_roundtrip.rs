@@ -6,6 +6,7 @@ mod common;
 
 use common::{batch, run, small_config, stamped};
 use shardmq_schema::batch::RecordBatchView;
+use shardmq_storage::record::{RecordHeader, RECORD_HEADER_BYTES};
 use shardmq_storage::{EntryKind, EntryRef, HardState, RetentionPolicy, ShardLog, StorageError};
 
 /// Appends `n` data entries of 3 records to each of `parts`, interleaved, and
@@ -515,5 +516,106 @@ fn written_through_rounds_are_durable_without_fdatasync() {
     run(|| async {
         let (log, _) = ShardLog::open(config()).await.unwrap();
         check(&log, &parts, &expect).await;
+    });
+}
+
+/// A record batch whose length is exactly `len` bytes.
+fn batch_of_len(len: usize) -> Vec<u8> {
+    (len.saturating_sub(200)..len)
+        .map(|value_bytes| batch(1, value_bytes, 1_000, 7))
+        .find(|b| b.len() == len)
+        .expect("some value length gives the batch length")
+}
+
+#[test]
+fn a_recycled_segment_never_serves_its_old_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        let mut cfg = small_config(dir.path());
+        // Without zeroing ahead, every roll takes a recycled file when the
+        // pool has one.
+        cfg.prezero_bytes_per_sec = 0;
+        cfg
+    };
+    // A one-partition checkpoint (56 + 64 bytes) and one such entry fill
+    // exactly one block: the end of the new records is block-aligned, so
+    // no padding covers what follows it in the recycled file.
+    let payload = batch_of_len(4096 - 120 - RECORD_HEADER_BYTES);
+    let append = |log: ShardLog, index: u64| {
+        let payload = payload.clone();
+        async move {
+            log.append(
+                1,
+                &[EntryRef {
+                    index,
+                    term: 1,
+                    kind: EntryKind::Data,
+                    payload: &payload,
+                }],
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let (path, end) = run(|| async {
+        let (log, _) = ShardLog::open(config()).await.unwrap(); // segment 1
+        log.create_partition(1).await.unwrap();
+        log.sync().await.unwrap();
+        log.roll().await.unwrap(); // segment 2, a new file
+        assert_eq!(log.gc().await.unwrap().segments_recycled, 1, "segment 1");
+        for index in 1..=3 {
+            append(log.clone(), index).await;
+        }
+        log.sync().await.unwrap();
+        log.roll().await.unwrap(); // segment 3, in the file of segment 1
+        assert_eq!(log.stats().segments_reused, 1);
+        log.compact(1, 4).await.unwrap();
+        log.roll().await.unwrap(); // segment 4, a new file
+        let gc = log.gc().await.unwrap();
+        assert_eq!(gc.segments_recycled, 2, "segments 2 and 3: {gc:?}");
+        log.roll().await.unwrap(); // segment 5, in the file of segment 2
+        assert_eq!(log.stats().segments_reused, 2);
+        append(log.clone(), 4).await;
+        log.sync().await.unwrap();
+        let (path, durable_end, appended_end) = log.durable_position();
+        assert_eq!(durable_end, appended_end);
+        // A crash: no close, no index file for segment 5.
+        drop(log);
+        (path, durable_end)
+    });
+    assert!(path.ends_with("0000000005.log"), "{path:?}");
+    assert_eq!(end, 4096);
+    // Right after the new end lies a whole, valid record of the file's life
+    // as segment 2: entry 2 of partition 1, at the very position the next
+    // record of segment 5 would take.
+    let bytes = std::fs::read(&path).unwrap();
+    let old = RecordHeader::decode(&bytes[end as usize..]).expect("an old record at the new end");
+    assert_eq!((old.segment_seq, old.partition, old.index), (2, 1, 2));
+    run(|| async {
+        let (log, report) = ShardLog::open(config()).await.unwrap();
+        assert!(report.corrupt_partitions.is_empty(), "{report:?}");
+        assert_eq!(report.tail_bytes_discarded, 0, "{report:?}");
+        assert_eq!(log.stats().corruptions, 0);
+        assert_eq!(log.first_index(1).unwrap(), 4);
+        assert_eq!(
+            log.last_index(1).unwrap(),
+            4,
+            "old entries 2 and 3 not replayed"
+        );
+        let got = log.entries(1, 4, 5, None).await.unwrap();
+        assert_eq!(&got[0].payload[..], &stamped(&payload, 3, 1)[..]);
+        // The new segment (in the file of segment 3) gets a seq above every
+        // seq its file or any other recycled file ever held.
+        let (active, _, _) = log.durable_position();
+        assert!(active.ends_with("0000000006.log"), "{active:?}");
+        // Appending goes on from the recovered state.
+        append(log.clone(), 5).await;
+        log.sync().await.unwrap();
+        log.close().await.unwrap();
+    });
+    run(|| async {
+        let (log, _) = ShardLog::open(config()).await.unwrap();
+        assert_eq!(log.last_index(1).unwrap(), 5);
+        assert_eq!(log.next_offset(1).unwrap(), 5);
     });
 }
