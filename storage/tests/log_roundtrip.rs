@@ -619,3 +619,62 @@ fn a_recycled_segment_never_serves_its_old_records() {
         assert_eq!(log.next_offset(1).unwrap(), 5);
     });
 }
+
+#[test]
+fn a_round_that_ends_exactly_at_a_staging_chunk_boundary_is_written_and_the_next_goes_on() {
+    // The staging buffer is a run of 256 KiB chunks; a round whose end is
+    // both block-aligned and the end of its last chunk carries no partial
+    // tail block into the next buffer.
+    const CHUNK: u64 = 256 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = shardmq_storage::LogConfig::new(dir.path());
+    cfg.segment_bytes = 8 << 20;
+    cfg.write_buffer_bytes = 1 << 20;
+    cfg.entry_bytes_max = 1 << 20;
+    run(|| async move {
+        let (log, _) = ShardLog::open(cfg).await.unwrap();
+        log.create_partition(1).await.unwrap();
+        log.sync().await.unwrap();
+        let (_, durable, end) = log.durable_position();
+        assert_eq!(durable, end);
+        // The next buffer starts at the block holding the end; a record
+        // that ends exactly one chunk after that block's start.
+        let base = end - end % 4096;
+        let len = (base + CHUNK - end) as usize - RECORD_HEADER_BYTES;
+        let payload = batch_of_len(len);
+        log.append(
+            1,
+            &[EntryRef {
+                index: 1,
+                term: 1,
+                kind: EntryKind::Data,
+                payload: &payload,
+            }],
+        )
+        .await
+        .unwrap();
+        let (_, _, appended) = log.durable_position();
+        assert_eq!(
+            appended,
+            base + CHUNK,
+            "the record ends on the chunk boundary"
+        );
+        log.sync().await.unwrap();
+        let small = batch_of_len(1000);
+        log.append(
+            1,
+            &[EntryRef {
+                index: 2,
+                term: 1,
+                kind: EntryKind::Data,
+                payload: &small,
+            }],
+        )
+        .await
+        .unwrap();
+        log.sync().await.unwrap();
+        let got = log.entries(1, 1, 3, None).await.unwrap();
+        assert_eq!(got.len(), 2);
+        log.close().await.unwrap();
+    });
+}

@@ -527,9 +527,13 @@ impl ShardLog {
             taken.put(fill, &BLOCK_ZEROS[..write_len - fill]);
             inner.grow_staging(tail);
             let cs = taken.chunk_bytes;
-            // A block never straddles two chunks.
-            let from = &taken.chunks[tail_from / cs].as_bytes()[tail_from % cs..][..tail];
-            inner.staging.put(0, from);
+            if tail > 0 {
+                // A block never straddles two chunks. (With no partial tail
+                // block the end may be the end of the last chunk: nothing
+                // to carry over.)
+                let from = &taken.chunks[tail_from / cs].as_bytes()[tail_from % cs..][..tail];
+                inner.staging.put(0, from);
+            }
             inner.staging.fill = tail;
             let used = write_len.div_ceil(cs);
             let spare = taken.chunks.split_off(used);
