@@ -31,12 +31,12 @@ fn message_bytes(msg: &Message) -> usize {
 }
 
 /// Encodes `msgs` (of any groups) into `RaftBatch` envelope frames of at
-/// most about [`RAFT_FRAME_BYTES_TARGET`] bytes each, draining `msgs`.
-/// `builder` is reused between calls.
+/// most about [`RAFT_FRAME_BYTES_TARGET`] bytes each, draining `msgs`, and
+/// hands each finished builder to `emit`, which takes its buffer as the
+/// frame without copying it (`Frame::from_builder`).
 pub fn encode_raft_frames(
-    builder: &mut FlatBufferBuilder<'static>,
     msgs: &mut Vec<(GroupId, Message)>,
-    mut emit: impl FnMut(&[u8]),
+    mut emit: impl FnMut(FlatBufferBuilder<'static>),
 ) {
     let mut start = 0;
     while start < msgs.len() {
@@ -48,27 +48,30 @@ pub fn encode_raft_frames(
             bytes += message_bytes(&msgs[end].1);
             end += 1;
         }
-        builder.reset();
+        // Sized for what goes in, so the buffer is allocated once.
+        let mut builder = FlatBufferBuilder::with_capacity(bytes + 256);
+        let b = &mut builder;
         let mut offsets = Vec::with_capacity(end - start);
         for (group, m) in &msgs[start..end] {
-            offsets.push(encode_message(builder, *group, m));
+            offsets.push(encode_message(b, *group, m));
         }
-        let messages = builder.create_vector(&offsets);
+        let messages = b.create_vector(&offsets);
         let batch = ib::RaftBatch::create(
-            builder,
+            b,
             &ib::RaftBatchArgs {
                 messages: Some(messages),
             },
         );
         let root = ib::Envelope::create(
-            builder,
+            b,
             &ib::EnvelopeArgs {
                 correlation_id: 0,
                 body_type: ib::Body::RaftBatch,
                 body: Some(batch.as_union_value()),
             },
         );
-        emit(ib::finish_envelope_frame(builder, root));
+        ib::finish_envelope_frame(b, root);
+        emit(builder);
         start = end;
     }
     msgs.clear();
@@ -271,11 +274,10 @@ mod tests {
         snap.data = Bytes::from_static(b"12345678");
         snap_msg.set_snapshot(snap);
 
-        let mut b = FlatBufferBuilder::new();
         let mut msgs = vec![(7u64, m.clone()), (0u64, snap_msg.clone())];
         let mut frames = Vec::new();
-        encode_raft_frames(&mut b, &mut msgs, |f| {
-            frames.push(Bytes::copy_from_slice(f))
+        encode_raft_frames(&mut msgs, |b| {
+            frames.push(shardmq_net::Frame::from_builder(b).unwrap().into_bytes())
         });
         assert!(msgs.is_empty());
         assert_eq!(frames.len(), 1);
@@ -308,13 +310,12 @@ mod tests {
             m.set_entries(vec![e].into());
             msgs.push((1, m));
         }
-        let mut b = FlatBufferBuilder::new();
         let mut count = 0;
         let mut seen = 0;
-        encode_raft_frames(&mut b, &mut msgs, |f| {
+        encode_raft_frames(&mut msgs, |b| {
             count += 1;
-            assert!(f.len() <= RAFT_FRAME_BYTES_TARGET + (2 << 20));
-            let frame = Bytes::copy_from_slice(f);
+            let frame = shardmq_net::Frame::from_builder(b).unwrap().into_bytes();
+            assert!(frame.len() <= RAFT_FRAME_BYTES_TARGET + (2 << 20));
             let env = ib::verify_envelope(&frame).unwrap();
             decode_raft_batch(&frame, env.body_as_raft_batch().unwrap(), |_, m| {
                 assert_eq!(m.index, seen);

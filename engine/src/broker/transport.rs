@@ -15,7 +15,6 @@ use std::collections::BTreeSet;
 use std::rc::{Rc, Weak};
 
 use bytes::Bytes;
-use flatbuffers::FlatBufferBuilder;
 use shardmq_net::peer::{
     Admission, ControllerReply, EnvelopeFrame, HelloInfo, PeerAddr, PeerHandler, PeerLinks,
     Refusal, ReplyInfo,
@@ -33,7 +32,6 @@ use crate::raft::{Dest, Outbox, Transport};
 /// (a broker alone) there is no one to send to and messages are dropped.
 pub struct PeerTransport {
     links: Option<Rc<PeerLinks>>,
-    builder: RefCell<FlatBufferBuilder<'static>>,
     /// Messages dropped: no links, or the link's queue was full.
     dropped: Cell<u64>,
     frames: Cell<u64>,
@@ -53,7 +51,6 @@ impl PeerTransport {
     pub fn new(links: Option<Rc<PeerLinks>>) -> Self {
         Self {
             links,
-            builder: RefCell::new(FlatBufferBuilder::with_capacity(64 << 10)),
             dropped: Cell::new(0),
             frames: Cell::new(0),
         }
@@ -83,12 +80,11 @@ impl Transport for PeerTransport {
             self.dropped.set(self.dropped.get() + n);
             return;
         };
-        let mut builder = self.builder.borrow_mut();
         outbox.drain_each(|dest, msgs| {
             let to = PeerAddr::new(dest.node, dest.shard);
             let count = msgs.len() as u64;
-            encode_raft_frames(&mut builder, msgs, |bytes| {
-                let sent = Frame::copy_from_slice(bytes)
+            encode_raft_frames(msgs, |builder| {
+                let sent = Frame::from_builder(builder)
                     .ok()
                     .is_some_and(|frame| links.send(to, frame).is_ok());
                 if sent {
