@@ -120,13 +120,20 @@ pub enum SyncMode {
     /// reference disk a durable 4 KiB write this way took about half of a
     /// write followed by an fdatasync.
     WriteThrough,
-    /// A round is written through only when the log is idle: everything
+    /// A round is written through only when the log is idle (everything
     /// written before is durable, no fdatasync runs, and no append arrived
-    /// while the previous round was being written. Other rounds are
-    /// pipelined. A lone record then costs one durable write, and a busy
-    /// log keeps its overlapping rounds.
+    /// while the previous round was being written) and the round is small
+    /// (at most [`WRITE_THROUGH_BYTES_MAX`]). Other rounds are pipelined. A
+    /// lone record then costs one durable write, and a busy log keeps its
+    /// overlapping rounds. The size bound matters for a caller that waits
+    /// for every round before the next (a Raft loop): its rounds always
+    /// look idle, and a multi-megabyte round written through is several
+    /// times slower than written and then synced once.
     Adaptive,
 }
+
+/// Largest round [`SyncMode::Adaptive`] writes through `O_DSYNC`.
+pub const WRITE_THROUGH_BYTES_MAX: usize = 64 << 10;
 
 impl LogConfig {
     /// Defaults for a log in `dir`.

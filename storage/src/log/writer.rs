@@ -507,7 +507,7 @@ impl ShardLog {
             let writer = seg.writer.as_ref().filter(|_| match inner.cfg.sync_mode {
                 SyncMode::Pipelined => false,
                 SyncMode::WriteThrough => true,
-                SyncMode::Adaptive => idle,
+                SyncMode::Adaptive => idle && inner.staging.fill <= super::WRITE_THROUGH_BYTES_MAX,
             });
             let through = writer.is_some();
             let file = writer.unwrap_or(&seg.file).clone();
