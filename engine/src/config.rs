@@ -118,6 +118,10 @@ pub struct StorageConfig {
     /// The collector rewrites and deletes a sealed segment whose live
     /// fraction is at most this. Default 0.5.
     pub gc_live_ratio_max: f64,
+    /// Segment files the collector keeps for reuse instead of deleting
+    /// them (a new segment starts in one without zeroing or extent
+    /// conversion); files beyond these are deleted. Default 4.
+    pub recycle_segments_max: usize,
     /// Default retention by size per partition, in bytes; 0 for none.
     /// Default 0.
     pub retention_bytes: u64,
@@ -148,6 +152,7 @@ impl Default for StorageConfig {
             entry_bytes_max: log.entry_bytes_max,
             preallocate: log.preallocate,
             gc_live_ratio_max: log.gc_live_ratio_max,
+            recycle_segments_max: log.recycle_segments_max,
             retention_bytes: 0,
             retention_ms: 7 * 24 * 3600 * 1000,
             sync_mode: SyncModeConfig::Adaptive,
@@ -165,6 +170,7 @@ impl StorageConfig {
         log.entry_bytes_max = self.entry_bytes_max;
         log.preallocate = self.preallocate;
         log.gc_live_ratio_max = self.gc_live_ratio_max;
+        log.recycle_segments_max = self.recycle_segments_max;
         log.sync_mode = match self.sync_mode {
             SyncModeConfig::Pipelined => SyncMode::Pipelined,
             SyncModeConfig::WriteThrough => SyncMode::WriteThrough,

@@ -1168,11 +1168,16 @@ fn big_batch(records: usize, value_bytes: usize, fill: u8) -> Vec<u8> {
 
 /// Segment files (`*.log`) of shard 0 and their total size.
 fn segment_files(data: &Path) -> (usize, u64) {
+    files_with_extension(data, "log")
+}
+
+/// Count and bytes of the files of shard 0 whose extension is `ext`.
+fn files_with_extension(data: &Path, ext: &str) -> (usize, u64) {
     let mut count = 0;
     let mut bytes = 0;
     for entry in std::fs::read_dir(data.join("shard-0")).unwrap() {
         let entry = entry.unwrap();
-        if entry.path().extension().is_some_and(|e| e == "log") {
+        if entry.path().extension().is_some_and(|e| e == ext) {
             count += 1;
             bytes += entry.metadata().unwrap().len();
         }
@@ -1184,14 +1189,16 @@ fn segment_files(data: &Path) -> (usize, u64) {
 /// bytes, a topic of records older than the retention by age (7 days, the
 /// default) keeps none, a deleted topic's segments are deleted, the space
 /// comes back (4 MiB segments, retention 1 MiB per partition, checked every
-/// 100 ms), and a restart keeps the new log starts.
+/// 100 ms; no segment file kept for reuse, which storage's own tests
+/// cover), and a restart keeps the new log starts.
 #[test]
 fn retention_and_deleted_topics_give_back_disk_space() {
     const BATCHES: usize = 48;
     const BATCH_RECORDS: usize = 8;
     const VALUE_BYTES: usize = 24 << 10;
     let dir = tempfile::tempdir().unwrap();
-    let extra = "retention_bytes = 1048576\nretention_check_interval_ms = 100\n";
+    let extra = "retention_bytes = 1048576\nretention_check_interval_ms = 100\n\
+                 recycle_segments_max = 0\n";
     let mut broker = Broker::start_with(dir.path(), 1, extra);
     let mut client = Client::connect(broker.client);
     assert_eq!(create_topic(&mut client, "kept", 1).0, ErrorCode::None);
@@ -1271,6 +1278,8 @@ fn retention_and_deleted_topics_give_back_disk_space() {
     let deleted = metric_sum("shardmq_storage_segments_deleted_total{");
     assert!(deleted >= 2.0, "segments deleted: {deleted}");
     assert!(freed >= (8 << 20) as f64, "bytes freed: {freed}");
+    let free_files = files_with_extension(&dir.path().join("data"), "free");
+    assert_eq!(free_files.0, 0, "no file is kept for reuse");
 
     // What is kept reads back from the new start, in order, intact.
     let (code, hw, records) = fetch(&mut client, "kept", 0, earliest, 0);
