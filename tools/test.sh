@@ -3,7 +3,9 @@
 #
 #   1. formatting (cargo fmt --check)
 #   2. lints, warnings denied (cargo clippy --all-targets -D warnings)
-#   3. every test of every crate (unit, property, model-based, integration)
+#   3. every test of every crate (unit, property, model-based, integration),
+#      the deterministic cluster simulator over SHARDMQ_SIM_SEEDS seeds
+#      (default here 400; tools/sim.sh replays one)
 #   4. the record batch encoder read back by kafka-python, an independent
 #      implementation of Kafka's RecordBatch v2
 #   5. the generated flatbuffers code regenerated with flatc 25.12.19 and
@@ -48,8 +50,8 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "cargo test"
-cargo test --workspace --locked
+step "cargo test (the simulator over ${SHARDMQ_SIM_SEEDS:=400} seeds)"
+SHARDMQ_SIM_SEEDS="$SHARDMQ_SIM_SEEDS" cargo test --workspace --locked
 
 step "kafka-python cross-check"
 bash tools/kafka-crosscheck/run.sh

@@ -1,8 +1,8 @@
 //! [`ControllerService`]: the controller's replica on shard 0 of a broker,
 //! around the sans-IO state machine of `crate::controller`.
 //!
-//! - On open, the metadata is rebuilt from the newest snapshot file and the
-//!   committed entries after it in shard 0's log (the controller's log is
+//! - On open, the metadata is rebuilt from the newest snapshot file the log
+//!   reaches and the committed entries after it in shard 0's log (the controller's log is
 //!   group 0 of that log, so its writes share the shard's group commit).
 //! - Every committed command is applied in log order (the shard loop hands
 //!   them over as `Applied` events); after each batch of them a new
@@ -33,14 +33,15 @@ use futures_channel::oneshot;
 use shardmq_net::peer::{ControllerReply, PeerAddr, PeerLinks, RequestError};
 use shardmq_schema::batch::{BatchBuilder, RecordBatchView};
 use shardmq_schema::protocol::ErrorCode;
-use shardmq_storage::EntryKind;
+use shardmq_storage::{EntryKind, StorageError};
 
 use super::raft_service::{node_of, raft_error, LeadershipReport, RaftService};
 use super::service::{storage_error, ServiceError};
 use super::view::ClusterView;
 use crate::controller::{
-    decode_snapshot, encode_snapshot, load_latest_snapshot, write_snapshot_file, Applied,
-    BrokerRegistration, ClusterMetadata, Command, LeaderRecord, Liveness, NodeId,
+    decode_snapshot, encode_snapshot, load_latest_snapshot_up_to, remove_snapshots_before,
+    write_snapshot_file, write_snapshot_file_keeping_older, Applied, BrokerRegistration,
+    ClusterMetadata, Command, LeaderRecord, Liveness, NodeId,
 };
 use crate::raft::{CommittedEntry, LoopEvent, StateRole, CONTROLLER_GROUP};
 
@@ -148,9 +149,9 @@ fn no_leader() -> ServiceError {
 }
 
 impl ControllerService {
-    /// Opens the controller replica on shard 0's `service`: loads the
-    /// newest snapshot file, opens the replica, replays the committed
-    /// entries after the snapshot.
+    /// Opens the controller replica on shard 0's `service`: opens the
+    /// replica, loads the newest snapshot file its log reaches, replays the
+    /// committed entries after the snapshot.
     pub async fn open(
         settings: ControllerSettings,
         service: Rc<RaftService>,
@@ -162,14 +163,36 @@ impl ControllerService {
                 format!("cannot create {}: {error}", settings.dir.display()),
             )
         })?;
-        let snapshot = load_latest_snapshot(&settings.dir)
-            .map_err(|error| controller_error(ErrorCode::StorageError, error.to_string()))?;
-        let mut state = snapshot.unwrap_or_else(ClusterMetadata::new);
         service
             .add_controller(&settings.voters, &settings.learners)
             .await?;
+        // A snapshot received from the leader is written before the log
+        // restarts from it, so a crash never leaves a log that starts past
+        // every snapshot file.
+        let dir = settings.dir.clone();
+        service
+            .shard_loop()
+            .set_snapshot_sink(Box::new(move |_group, point| {
+                // One that does not decode is reported by `on_snapshot`.
+                let Ok(state) = decode_snapshot(&point.data) else {
+                    return Ok(());
+                };
+                write_snapshot_file_keeping_older(&dir, &state)
+                    .map(|_| ())
+                    .map_err(|error| StorageError::Io {
+                        op: "write received controller snapshot",
+                        path: dir.clone(),
+                        source: std::io::Error::other(error.to_string()),
+                    })
+            }));
         let log = service.log().clone();
         let g = CONTROLLER_GROUP;
+        // The newest snapshot the log reaches: one past the log's end was
+        // received, but the log's restart from it did not survive a crash.
+        let log_last = log.last_index(g).map_err(storage_error)?;
+        let snapshot = load_latest_snapshot_up_to(&settings.dir, log_last)
+            .map_err(|error| controller_error(ErrorCode::StorageError, error.to_string()))?;
+        let mut state = snapshot.unwrap_or_else(ClusterMetadata::new);
         let first = log.first_index(g).map_err(storage_error)?;
         if first > state.applied_index + 1 {
             return Err(controller_error(
@@ -208,7 +231,7 @@ impl ControllerService {
         let at_snapshot = if snapshot_index == 0 {
             ClusterMetadata::new()
         } else {
-            load_latest_snapshot(&settings.dir)
+            load_latest_snapshot_up_to(&settings.dir, log_last)
                 .ok()
                 .flatten()
                 .filter(|s| s.applied_index == snapshot_index)
@@ -387,8 +410,10 @@ impl ControllerService {
     fn on_snapshot(&self, data: &[u8], index: u64) {
         match decode_snapshot(data) {
             Ok(state) => {
-                if let Err(error) = write_snapshot_file(&self.settings.dir, &state) {
-                    tracing::error!(%error, "received controller snapshot not written");
+                // Written before the log restarted from it (the loop's
+                // snapshot sink); that restart is durable now.
+                if let Err(error) = remove_snapshots_before(&self.settings.dir, index) {
+                    tracing::warn!(%error, "older controller snapshots not removed");
                 }
                 self.service
                     .shard_loop()

@@ -10,9 +10,11 @@
 //!   offset storage gave the batch; acks None answers as soon as the
 //!   proposal is accepted. A replica that does not lead answers NotLeader
 //!   with the leader it knows of;
-//! - fetch and list-offsets are answered by a leader that has committed an
-//!   entry of its own term (before that its commit index may trail the
-//!   group's, and the high watermark must never move back), and, with
+//! - fetch and list-offsets are answered by a leader whose high watermark
+//!   covers an entry of its own term (before that it may trail the
+//!   group's, and the high watermark must never move back; raft's commit
+//!   index alone is not enough, since the watermark follows it only after
+//!   the loop's iteration), and, with
 //!   `allow_follower`, by a follower up to the commit it knows; nobody sees
 //!   past the commit index;
 //! - [`apply_view`](RaftService::apply_view) creates, re-addresses and
@@ -590,8 +592,9 @@ impl RaftService {
     /// Whether this replica may serve leader reads of `partition`; the
     /// client's error otherwise.
     fn check_leader(&self, partition: PartitionId) -> Result<(), ServiceError> {
+        let mark = self.visible.get(partition)?;
         let state = self.raft.with_replica(partition, |r| {
-            (r.leads_with_commit(), r.is_leader(), r.leader_id())
+            (r.serves_up_to(mark.index), r.is_leader(), r.leader_id())
         });
         match state {
             None => Err(ServiceError::new(
@@ -601,7 +604,7 @@ impl RaftService {
             Some((true, _, _)) => Ok(()),
             Some((false, true, _)) => Err(ServiceError::new(
                 ErrorCode::LeaderNotAvailable,
-                "the new leader has not yet committed an entry of its term",
+                "the new leader's high watermark does not yet cover an entry of its term",
             )),
             Some((false, false, leader)) => Err(ServiceError::not_leader(
                 leader.and_then(node_of),

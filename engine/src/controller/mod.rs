@@ -51,7 +51,8 @@ pub use command::{Command, CommandError, LeaderRecord};
 pub use liveness::Liveness;
 pub use placement::{place, PlacementError};
 pub use snapshot::{
-    decode_snapshot, encode_snapshot, load_latest_snapshot, write_snapshot_file, SnapshotError,
+    decode_snapshot, encode_snapshot, load_latest_snapshot, load_latest_snapshot_up_to,
+    remove_snapshots_before, write_snapshot_file, write_snapshot_file_keeping_older, SnapshotError,
 };
 pub use state::{
     partition_id, BrokerInfo, BrokerRegistration, BrokerStatus, ClusterMetadata, InvariantError,

@@ -30,6 +30,13 @@
 //! reads the newest and ignores temp files; if the newest is unreadable it
 //! is an error that names the file, never a silent fall-back to an older
 //! state. These helpers block: snapshots are small and rare.
+//!
+//! A snapshot received from the controller's leader is written without step
+//! 4 ([`write_snapshot_file_keeping_older`]) before the controller's log
+//! restarts from it, and the older ones are removed once that restart is
+//! durable ([`remove_snapshots_before`]). A crash in between leaves a
+//! snapshot past the log's end: the controller opens with the newest
+//! snapshot its log reaches ([`load_latest_snapshot_up_to`]).
 
 use std::fs::File;
 use std::io::{Read as _, Write as _};
@@ -247,6 +254,20 @@ pub fn write_snapshot_file(
     dir: &Path,
     metadata: &ClusterMetadata,
 ) -> Result<PathBuf, SnapshotError> {
+    let path = write_snapshot_file_keeping_older(dir, metadata)?;
+    remove_snapshots_before(dir, metadata.applied_index)?;
+    Ok(path)
+}
+
+/// Steps 1 to 3 of [`write_snapshot_file`]: the new snapshot is durable,
+/// the older ones stay. For a snapshot received from the controller's
+/// leader, written before the log restarts from it: until that restart is
+/// durable the older snapshot is the one the log goes with
+/// ([`load_latest_snapshot_up_to`]).
+pub fn write_snapshot_file_keeping_older(
+    dir: &Path,
+    metadata: &ClusterMetadata,
+) -> Result<PathBuf, SnapshotError> {
     let name = snapshot_file_name(metadata.applied_index);
     let path = dir.join(&name);
     let temp = dir.join(format!("{name}{TEMP_SUFFIX}"));
@@ -260,27 +281,42 @@ pub fn write_snapshot_file(
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io("fsync directory", dir))?;
+    Ok(path)
+}
 
+/// Step 4 of [`write_snapshot_file`]: removes the snapshots of indexes
+/// before `applied_index`, and temp files.
+pub fn remove_snapshots_before(dir: &Path, applied_index: u64) -> Result<(), SnapshotError> {
     for entry in std::fs::read_dir(dir).map_err(io("list", dir))? {
         let entry = entry.map_err(io("list", dir))?;
         let file_name = entry.file_name();
         let Some(file_name) = file_name.to_str() else {
             continue;
         };
-        let older =
-            parse_snapshot_file_name(file_name).is_some_and(|index| index < metadata.applied_index);
+        let older = parse_snapshot_file_name(file_name).is_some_and(|index| index < applied_index);
         if older || is_temp_file_name(file_name) {
             let old = entry.path();
             std::fs::remove_file(&old).map_err(io("remove old snapshot", &old))?;
         }
     }
-    Ok(path)
+    Ok(())
 }
 
 /// Reads the newest snapshot of `dir`: `None` when it has none. Temp files
 /// and other names are ignored; a newest snapshot that cannot be read or
 /// validated is an error naming it ([`SnapshotError::InFile`]).
 pub fn load_latest_snapshot(dir: &Path) -> Result<Option<ClusterMetadata>, SnapshotError> {
+    load_latest_snapshot_up_to(dir, u64::MAX)
+}
+
+/// [`load_latest_snapshot`] among the snapshots of indexes up to
+/// `index_max`: the controller opens with the newest its log reaches (one
+/// past the log's end was received, but the log's restart from it did not
+/// survive a crash).
+pub fn load_latest_snapshot_up_to(
+    dir: &Path,
+    index_max: u64,
+) -> Result<Option<ClusterMetadata>, SnapshotError> {
     let mut newest: Option<(u64, PathBuf)> = None;
     for entry in std::fs::read_dir(dir).map_err(io("list", dir))? {
         let entry = entry.map_err(io("list", dir))?;
@@ -291,7 +327,7 @@ pub fn load_latest_snapshot(dir: &Path) -> Result<Option<ClusterMetadata>, Snaps
         else {
             continue;
         };
-        if newest.as_ref().is_none_or(|(newest, _)| index > *newest) {
+        if index <= index_max && newest.as_ref().is_none_or(|(newest, _)| index > *newest) {
             newest = Some((index, entry.path()));
         }
     }

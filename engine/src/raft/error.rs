@@ -16,8 +16,11 @@ pub enum DropReason {
     /// Queued during a write, it could not be proposed at the index it was
     /// promised (leadership changed meanwhile).
     LeadershipChanged,
-    /// Appended, then replaced by another leader's entry at its index (a
-    /// committed entry is never replaced, so it did not commit).
+    /// Appended, then replaced by another leader's entry at its index,
+    /// and that entry committed: it never will. (Not answered on the
+    /// replacement alone: a replacing entry that is itself uncommitted may
+    /// be lost, and the replaced one commit after all.) The shard loop
+    /// answers this case as [`CommittedOther`](Self::CommittedOther).
     Overwritten,
     /// Another entry committed at its index.
     CommittedOther,

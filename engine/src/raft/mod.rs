@@ -1,6 +1,8 @@
 //! The Raft layer of a shard: one raft-rs group per partition, whose log is
 //! the partition's message log in the shard's `ShardLog`.
 //!
+//! - [`log_backend`]: [`RaftLog`], what the Raft layer needs of the shard
+//!   log (implemented by `ShardLog`, and by the simulator's in-memory log);
 //! - [`store`]: raft's `Storage` over the shard log, with an entry cache;
 //! - [`replica`]: [`PartitionReplica`], a sans-IO wrapper of `RawNode` that
 //!   turns each Ready into work for the caller;
@@ -15,19 +17,22 @@
 //! ([`ReplicaConfig`], which `[raft]` in the broker's configuration sets).
 
 mod error;
+pub mod log_backend;
 pub mod logging;
 pub mod replica;
 pub mod shard_loop;
 pub mod store;
 
 pub use error::{DropReason, RaftError};
+pub use log_backend::{LoggedEntry, RaftLog};
 pub use replica::{
     AdvanceWork, CommittedEntry, EffectiveSettings, PartitionReplica, ProposalTicket, ReadyWork,
     ReplicaConfig, SnapshotPoint,
 };
 pub use shard_loop::{
     Dest, GroupId, GroupKind, GroupMembers, IterationReport, LoopEvent, LoopStats, NodeId, Outbox,
-    ProduceAck, ProduceWaiter, ShardLoop, ShardLoopConfig, Transport, CONTROLLER_GROUP,
+    ProduceAck, ProduceWaiter, ShardLoop, ShardLoopConfig, SnapshotSink, Transport,
+    CONTROLLER_GROUP,
 };
 pub use store::{LogEntry, PendingFetch, Store};
 

@@ -25,9 +25,10 @@ use std::collections::VecDeque;
 use ::raft::eraftpb::{ConfChange, ConfChangeV2, EntryType, Message};
 use ::raft::{Config, RawNode, Ready, StateRole};
 use shardmq_schema::batch::RecordBatchView;
-use shardmq_storage::{EntryKind, HardState, PartitionId};
+use shardmq_storage::{EntryKind, HardState, PartitionId, ShardLog};
 
 use super::error::{DropReason, RaftError};
+use super::log_backend::RaftLog;
 use super::logging::raft_logger;
 use super::store::{split_snapshot_data, LogEntry, Store};
 
@@ -162,9 +163,9 @@ pub struct AdvanceWork {
 
 /// One partition's replica. Shard view: lives on the shard owning the
 /// partition's storage; `!Send`.
-pub struct PartitionReplica {
+pub struct PartitionReplica<L: RaftLog = ShardLog> {
     partition: PartitionId,
-    raw: RawNode<Store>,
+    raw: RawNode<Store<L>>,
     /// The Ready handed out by [`take_ready`](Self::take_ready), until
     /// [`on_persisted`](Self::on_persisted).
     in_flight: Option<Ready>,
@@ -174,7 +175,7 @@ pub struct PartitionReplica {
     proposal_queue_max: usize,
 }
 
-impl std::fmt::Debug for PartitionReplica {
+impl<L: RaftLog> std::fmt::Debug for PartitionReplica<L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PartitionReplica")
             .field("partition", &self.partition)
@@ -212,9 +213,9 @@ fn storage_hard_state(hs: &::raft::eraftpb::HardState) -> HardState {
     }
 }
 
-impl PartitionReplica {
+impl<L: RaftLog> PartitionReplica<L> {
     /// A replica with raft id `id` over `store` (see [`Store::open`]).
-    pub fn new(id: u64, store: Store, cfg: &ReplicaConfig) -> Result<Self, RaftError> {
+    pub fn new(id: u64, store: Store<L>, cfg: &ReplicaConfig) -> Result<Self, RaftError> {
         let partition = store.partition();
         let applied = Store::applied_on_open(store.log(), partition)?;
         let config = Config {
@@ -283,6 +284,24 @@ impl PartitionReplica {
                 .is_ok_and(|t| t == self.term())
     }
 
+    /// Whether this replica may serve reads up to `index` (the index of
+    /// the watermark readers would see): it leads, and that entry is of
+    /// its own term, so the watermark covers everything any earlier leader
+    /// committed. Stronger than [`leads_with_commit`](Self::leads_with_commit)
+    /// while the layer above has not yet caught up with a commit made in
+    /// the loop's current iteration (a read running while the iteration
+    /// waits on its sync would otherwise serve the watermark this replica
+    /// had as a follower).
+    pub fn serves_up_to(&self, index: u64) -> bool {
+        self.is_leader()
+            && self
+                .raw
+                .raft
+                .raft_log
+                .term(index)
+                .is_ok_and(|t| t == self.term())
+    }
+
     /// The settings raft-rs runs this replica with.
     pub fn settings(&self) -> EffectiveSettings {
         let r = &self.raw.raft;
@@ -337,12 +356,18 @@ impl PartitionReplica {
         self.raw.raft.raft_log.applied
     }
 
+    /// The last index raft knows durable in this replica's log (lowered
+    /// when a conflicting append replaces entries).
+    pub fn persisted_index(&self) -> u64 {
+        self.raw.raft.raft_log.persisted
+    }
+
     /// The last index of raft's log (including entries not yet written).
     pub fn last_index(&self) -> u64 {
         self.raw.raft.raft_log.last_index()
     }
 
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &Store<L> {
         self.raw.store()
     }
 

@@ -11,8 +11,9 @@
 //! 2. take every replica's Ready; hand its `messages` to the transport at
 //!    once, grouped by destination shard (a leader replicates while it
 //!    writes);
-//! 3. write every Ready's snapshot point, entries and hard state through the
-//!    one [`ShardLog`], recording the offsets storage assigns to proposals
+//! 3. write every Ready's snapshot point (a state machine group's snapshot
+//!    first goes to its [`SnapshotSink`]), entries and hard state through
+//!    the one shard log ([`RaftLog`]), recording the offsets storage assigns to proposals
 //!    someone waits on;
 //! 4. one `sync` for all of them (group commit);
 //! 5. hand the `persisted_messages` and what advancing every replica
@@ -39,14 +40,15 @@ use std::time::Duration;
 
 use ::raft::eraftpb::{Message, MessageType};
 use ::raft::StateRole;
+use event_listener::Event;
 use futures_channel::oneshot;
-use glommio::sync::Semaphore;
 
 use crate::clock::{Clock, SystemClock};
 use crate::metrics::LatencyHistogram;
 use shardmq_storage::{EntryRef, PartitionId, ShardLog, StorageError};
 
 use super::error::{DropReason, RaftError};
+use super::log_backend::RaftLog;
 use super::replica::{
     CommittedEntry, PartitionReplica, ProposalTicket, ReadyWork, ReplicaConfig, SnapshotPoint,
 };
@@ -285,13 +287,16 @@ struct Leadership {
 }
 
 #[derive(Debug)]
-struct Slot {
-    replica: PartitionReplica,
+struct Slot<L: RaftLog> {
+    replica: PartitionReplica<L>,
     members: GroupMembers,
     kind: GroupKind,
-    /// Produce waiters by index. Bounded by the replica's proposal limits
-    /// (raft's uncommitted bytes, the proposal queue).
-    waiters: BTreeMap<u64, Waiter>,
+    /// Produce waiters by (index, term) of their proposal: one index may
+    /// hold proposals of several terms of this replica, each waiting until
+    /// that index commits. Bounded by the replica's proposal limits (raft's
+    /// uncommitted bytes, the proposal queue) and by the commit index
+    /// moving past them.
+    waiters: BTreeMap<(u64, u64), Waiter>,
     campaign: bool,
     transfer_to: Option<u64>,
     leadership: Leadership,
@@ -306,10 +311,19 @@ struct Slot {
     ticked: bool,
 }
 
-impl Slot {
-    fn fail(&mut self, index: u64, err: RaftError) {
-        if let Some(mut w) = self.waiters.remove(&index) {
+impl<L: RaftLog> Slot<L> {
+    fn fail(&mut self, key: (u64, u64), err: RaftError) {
+        if let Some(mut w) = self.waiters.remove(&key) {
             w.send(Err(err));
+        }
+    }
+
+    /// Fails every waiter with `reason`.
+    fn fail_all(&mut self, reason: DropReason) {
+        let keys: Vec<(u64, u64)> = self.waiters.keys().copied().collect();
+        for k in keys {
+            let err = self.dropped(reason);
+            self.fail(k, err);
         }
     }
 
@@ -347,10 +361,15 @@ impl Slot {
     }
 
     /// After appending entry `index` of `term`: a proposal at that index
-    /// learns its offset, or that it was replaced.
+    /// of that term learns its offset; one of another term is no longer in
+    /// this log. It keeps waiting all the same: the entry that replaced it
+    /// may itself be uncommitted and lost, and the proposal come back from
+    /// another replica (or survive here, if the replacement was not
+    /// durable when a crash came) and commit. Only the commit of another
+    /// entry at its index says it never will.
     fn on_appended(&mut self, index: u64, term: u64, base_offset: u64) {
-        if let Some(w) = self.waiters.get_mut(&index) {
-            if w.term == term {
+        for ((_, t), w) in self.waiters.range_mut((index, 0)..=(index, u64::MAX)) {
+            if *t == term {
                 w.base_offset = Some(base_offset);
                 if w.on_append {
                     w.send(Ok(ProduceAck {
@@ -360,24 +379,19 @@ impl Slot {
                     }));
                 }
             } else {
-                let err = self.dropped(DropReason::Overwritten);
-                self.fail(index, err);
+                w.base_offset = None;
             }
         }
     }
 
     /// After appending entries up to `last` of `term`: proposals after it
-    /// from an older term were cut off by the conflict rule.
+    /// from an older term were cut off by the conflict rule (and may still
+    /// commit, as [`on_appended`](Self::on_appended) explains).
     fn cut_after(&mut self, last: u64, term: u64) {
-        let stale: Vec<u64> = self
-            .waiters
-            .range(last + 1..)
-            .filter(|(_, w)| w.term < term)
-            .map(|(i, _)| *i)
-            .collect();
-        for i in stale {
-            let err = self.dropped(DropReason::Overwritten);
-            self.fail(i, err);
+        for (_, w) in self.waiters.range_mut((last + 1, 0)..) {
+            if w.term < term {
+                w.base_offset = None;
+            }
         }
     }
 
@@ -393,7 +407,13 @@ impl Slot {
         let mut resolved = 0;
         let record = self.kind == GroupKind::Partition;
         for c in committed {
-            if let Some(mut w) = self.waiters.remove(&c.index) {
+            let at: Vec<(u64, u64)> = self
+                .waiters
+                .range((c.index, 0)..=(c.index, u64::MAX))
+                .map(|(k, _)| *k)
+                .collect();
+            for key in at {
+                let mut w = self.waiters.remove(&key).expect("listed above");
                 let result = match w.base_offset {
                     Some(base_offset) if w.term == c.term => {
                         if record {
@@ -414,10 +434,14 @@ impl Slot {
         }
         if let Some(last) = committed.last() {
             // Nothing may wait on an index that is already committed.
-            let stale: Vec<u64> = self.waiters.range(..=last.index).map(|(i, _)| *i).collect();
-            for i in stale {
+            let stale: Vec<(u64, u64)> = self
+                .waiters
+                .range(..=(last.index, u64::MAX))
+                .map(|(k, _)| *k)
+                .collect();
+            for k in stale {
                 let err = self.dropped(DropReason::CommittedOther);
-                self.fail(i, err);
+                self.fail(k, err);
             }
         }
         resolved
@@ -523,20 +547,63 @@ impl Wakeup {
     }
 }
 
+/// Stores a [`GroupKind::StateMachine`] group's snapshot durably (see
+/// [`ShardLoop::set_snapshot_sink`]).
+pub type SnapshotSink = Box<dyn Fn(GroupId, &SnapshotPoint) -> Result<(), StorageError>>;
+
+/// A lock for one shard's tasks, needing no runtime: held across an
+/// iteration and while a replica is added or removed. A release wakes every
+/// waiter and the first to run takes it (there are only ever a few: the
+/// driver and a view being applied). Shard view.
+#[derive(Debug, Default)]
+struct LoopLock {
+    held: Cell<bool>,
+    released: Event,
+}
+
+/// Releases the [`LoopLock`] when dropped.
+struct LoopGuard<'a> {
+    lock: &'a LoopLock,
+}
+
+impl LoopLock {
+    async fn acquire(&self) -> LoopGuard<'_> {
+        loop {
+            if !self.held.replace(true) {
+                return LoopGuard { lock: self };
+            }
+            let listener = self.released.listen();
+            // Released between the check and the listen: try again.
+            if !self.held.get() {
+                continue;
+            }
+            listener.await;
+        }
+    }
+}
+
+impl Drop for LoopGuard<'_> {
+    fn drop(&mut self) {
+        self.lock.held.set(false);
+        self.lock.released.notify(usize::MAX);
+    }
+}
+
 /// The Raft loop of one shard. Shard view: owns the shard's replicas and
-/// shares the shard's [`ShardLog`]; lives on that shard; `!Send`.
-pub struct ShardLoop<T: Transport> {
-    log: ShardLog,
+/// shares the shard's log (a [`RaftLog`]: the [`ShardLog`] in a broker);
+/// lives on that shard; `!Send`.
+pub struct ShardLoop<T: Transport, L: RaftLog = ShardLog> {
+    log: L,
     transport: T,
     cfg: ShardLoopConfig,
     clock: Rc<dyn Clock>,
-    slots: RefCell<BTreeMap<GroupId, Slot>>,
+    slots: RefCell<BTreeMap<GroupId, Slot<L>>>,
     inbox: RefCell<VecDeque<(GroupId, Message)>>,
     ticks_pending: Cell<u32>,
     wakeup: Wakeup,
     /// Held across an iteration, and by whoever adds or removes a replica,
     /// so a replica never disappears while its Ready is being written.
-    lock: Semaphore,
+    lock: LoopLock,
     outbox: RefCell<Outbox>,
     /// The ready set: groups that may have a Ready (stepped, proposed to,
     /// ticked, asked to campaign). Only these are looked at.
@@ -546,12 +613,15 @@ pub struct ShardLoop<T: Transport> {
     /// per sleeping group.
     awake: RefCell<Vec<GroupId>>,
     events: RefCell<Vec<LoopEvent>>,
+    /// Makes a [`GroupKind::StateMachine`] group's snapshot durable before
+    /// its log is reset to it.
+    snapshot_sink: RefCell<Option<SnapshotSink>>,
     stats: LoopStats,
     /// Proposal-to-commit latency of this node's proposals.
     commit_latency: Arc<LatencyHistogram>,
 }
 
-impl<T: Transport> std::fmt::Debug for ShardLoop<T> {
+impl<T: Transport, L: RaftLog> std::fmt::Debug for ShardLoop<T, L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ShardLoop")
             .field("groups", &self.slots.borrow().len())
@@ -565,8 +635,8 @@ fn campaigning(role: StateRole) -> bool {
     matches!(role, StateRole::Candidate)
 }
 
-impl<T: Transport> ShardLoop<T> {
-    pub fn new(log: ShardLog, transport: T, cfg: ShardLoopConfig) -> Self {
+impl<T: Transport, L: RaftLog> ShardLoop<T, L> {
+    pub fn new(log: L, transport: T, cfg: ShardLoopConfig) -> Self {
         ShardLoop {
             log,
             transport,
@@ -576,11 +646,12 @@ impl<T: Transport> ShardLoop<T> {
             inbox: RefCell::new(VecDeque::new()),
             ticks_pending: Cell::new(0),
             wakeup: Wakeup::default(),
-            lock: Semaphore::new(1),
+            lock: LoopLock::default(),
             outbox: RefCell::new(Outbox::default()),
             dirty: RefCell::new(Vec::new()),
             awake: RefCell::new(Vec::new()),
             events: RefCell::new(Vec::new()),
+            snapshot_sink: RefCell::new(None),
             stats: LoopStats::default(),
             commit_latency: Arc::default(),
         }
@@ -599,8 +670,18 @@ impl<T: Transport> ShardLoop<T> {
         self
     }
 
-    pub fn log(&self) -> &ShardLog {
+    pub fn log(&self) -> &L {
         &self.log
+    }
+
+    /// Sets what makes a state machine group's snapshot durable: called
+    /// with the snapshot before the log restarts from it, in the iteration
+    /// that installs it (an error stops the iteration like a log error).
+    /// Without it, a crash between the log's reset and the layer above
+    /// storing the snapshot (on [`LoopEvent::SnapshotInstalled`]) would
+    /// leave a log starting past the state machine's last copy.
+    pub fn set_snapshot_sink(&self, sink: SnapshotSink) {
+        *self.snapshot_sink.borrow_mut() = Some(sink);
     }
 
     pub fn transport(&self) -> &T {
@@ -624,14 +705,7 @@ impl<T: Transport> ShardLoop<T> {
         members: GroupMembers,
         kind: GroupKind,
     ) -> Result<(), RaftError> {
-        let _permit =
-            self.lock
-                .acquire_permit(1)
-                .await
-                .map_err(|_| RaftError::ProposalDropped {
-                    partition: group,
-                    reason: DropReason::ReplicaClosed,
-                })?;
+        let _held = self.lock.acquire().await;
         if self.slots.borrow().contains_key(&group) {
             return Ok(());
         }
@@ -687,18 +761,12 @@ impl<T: Transport> ShardLoop<T> {
     /// Drops `group`'s replica; its produce waiters resolve with an error.
     /// Waits for a running iteration to end. Returns whether it was there.
     pub async fn remove_replica(&self, group: GroupId) -> bool {
-        let Ok(_permit) = self.lock.acquire_permit(1).await else {
-            return false;
-        };
+        let _held = self.lock.acquire().await;
         let removed = self.slots.borrow_mut().remove(&group);
         self.inbox.borrow_mut().retain(|(g, _)| *g != group);
         match removed {
             Some(mut slot) => {
-                let indexes: Vec<u64> = slot.waiters.keys().copied().collect();
-                for i in indexes {
-                    let err = slot.dropped(DropReason::ReplicaClosed);
-                    slot.fail(i, err);
-                }
+                slot.fail_all(DropReason::ReplicaClosed);
                 true
             }
             None => false,
@@ -719,13 +787,13 @@ impl<T: Transport> ShardLoop<T> {
     pub fn with_replica<R>(
         &self,
         group: GroupId,
-        f: impl FnOnce(&PartitionReplica) -> R,
+        f: impl FnOnce(&PartitionReplica<L>) -> R,
     ) -> Option<R> {
         self.slots.borrow().get(&group).map(|s| f(&s.replica))
     }
 
     /// Runs `f` on every replica (status queries, metrics).
-    pub fn for_each_replica(&self, mut f: impl FnMut(GroupId, &PartitionReplica)) {
+    pub fn for_each_replica(&self, mut f: impl FnMut(GroupId, &PartitionReplica<L>)) {
         for (g, s) in self.slots.borrow().iter() {
             f(*g, &s.replica);
         }
@@ -756,7 +824,7 @@ impl<T: Transport> ShardLoop<T> {
         }
     }
 
-    fn mark_slot(dirty: &RefCell<Vec<GroupId>>, group: GroupId, slot: &mut Slot) {
+    fn mark_slot(dirty: &RefCell<Vec<GroupId>>, group: GroupId, slot: &mut Slot<L>) {
         if !slot.dirty {
             slot.dirty = true;
             dirty.borrow_mut().push(group);
@@ -820,7 +888,7 @@ impl<T: Transport> ShardLoop<T> {
 
     /// Wakes a sleeping replica (a no-op for an awake one: its idle count
     /// goes on, since messages such as heartbeat answers are no work).
-    fn wake_slot(&self, group: GroupId, slot: &mut Slot) {
+    fn wake_slot(&self, group: GroupId, slot: &mut Slot<L>) {
         if std::mem::take(&mut slot.quiesced) {
             slot.idle_ticks = 0;
             self.stats
@@ -831,7 +899,7 @@ impl<T: Transport> ShardLoop<T> {
     }
 
     /// Puts `group` in the list of replicas ticks visit.
-    fn list_awake(awake: &RefCell<Vec<GroupId>>, group: GroupId, slot: &mut Slot) {
+    fn list_awake(awake: &RefCell<Vec<GroupId>>, group: GroupId, slot: &mut Slot<L>) {
         if !slot.ticked {
             slot.ticked = true;
             awake.borrow_mut().push(group);
@@ -872,7 +940,7 @@ impl<T: Transport> ShardLoop<T> {
         Self::mark_slot(&self.dirty, group, slot);
         let (tx, rx) = oneshot::channel();
         let old = slot.waiters.insert(
-            ticket.index,
+            (ticket.index, ticket.term),
             Waiter {
                 term: ticket.term,
                 base_offset: None,
@@ -904,9 +972,7 @@ impl<T: Transport> ShardLoop<T> {
 
     /// One iteration (see the module documentation).
     pub async fn process(&self) -> Result<IterationReport, RaftError> {
-        let Ok(_permit) = self.lock.acquire_permit(1).await else {
-            return Ok(IterationReport::default());
-        };
+        let _held = self.lock.acquire().await;
         let mut report = IterationReport::default();
         let mut works: Vec<(GroupId, ReadyWork)> = Vec::new();
         // The groups looked at in this iteration (the ready set).
@@ -1088,16 +1154,20 @@ impl<T: Transport> ShardLoop<T> {
         for (g, w) in &works {
             let g = *g;
             if let Some(s) = &w.snapshot {
+                let kind = self.slots.borrow().get(&g).map(|slot| slot.kind);
+                if kind == Some(GroupKind::StateMachine) {
+                    // The state machine's copy of the snapshot is durable
+                    // before the log restarts past what it had applied.
+                    if let Some(sink) = &*self.snapshot_sink.borrow() {
+                        sink(g, s)?;
+                    }
+                }
                 self.log
                     .reset(g, s.index + 1, s.term, s.first_offset)
                     .await?;
                 let mut slots = self.slots.borrow_mut();
                 let slot = slots.get_mut(&g).expect("slot of a ready");
-                let stale: Vec<u64> = slot.waiters.keys().copied().collect();
-                for i in stale {
-                    let err = slot.dropped(DropReason::SnapshotInstalled);
-                    slot.fail(i, err);
-                }
+                slot.fail_all(DropReason::SnapshotInstalled);
             }
             for e in &w.entries {
                 let out = self
@@ -1157,13 +1227,7 @@ impl<T: Transport> ShardLoop<T> {
                     Self::mark_slot(&self.dirty, *g, slot);
                 }
                 for (ticket, err) in failed {
-                    if slot
-                        .waiters
-                        .get(&ticket.index)
-                        .is_some_and(|w| w.term == ticket.term)
-                    {
-                        slot.fail(ticket.index, err);
-                    }
+                    slot.fail((ticket.index, ticket.term), err);
                 }
                 if !adv.messages.is_empty() {
                     self.queue_for(*g, &slot.members, adv.messages, &mut snapshots_sent);

@@ -1,4 +1,5 @@
-//! raft-rs [`Storage`] for one partition over the shard's [`ShardLog`].
+//! raft-rs [`Storage`] for one partition over the shard's log (a
+//! [`RaftLog`]: the [`ShardLog`] in a broker).
 //!
 //! Hot path (replicate, commit): entries are served from an in-memory cache
 //! of the partition's recent entries; payloads are `Bytes` shared with raft's
@@ -41,7 +42,9 @@ use std::collections::VecDeque;
 use ::raft::eraftpb::{ConfState, Entry, EntryType, HardState as RaftHardState, Snapshot};
 use ::raft::{GetEntriesContext, RaftState, Storage};
 use bytes::Bytes;
-use shardmq_storage::{EntryKind, HardState, PartitionId, ShardLog, StorageError, StoredEntry};
+use shardmq_storage::{EntryKind, HardState, PartitionId, ShardLog, StorageError};
+
+use super::log_backend::{LoggedEntry, RaftLog};
 
 /// Marker byte in front of a stored `EntryConfChange`.
 const CONF_CHANGE_V1: u8 = 1;
@@ -96,27 +99,27 @@ fn with_marker(marker: u8, data: &[u8]) -> Bytes {
 /// Maps an entry read back from the log to raft's form. The payload is
 /// copied: glommio's read buffers are `!Send` and raft's `Bytes` must be
 /// `Send`. Only entries older than the cache are read back.
-pub fn raft_entry_from_stored(e: &StoredEntry) -> Entry {
+pub fn raft_entry_from_stored(e: &impl LoggedEntry) -> Entry {
     let mut out = Entry {
-        index: e.index,
-        term: e.term,
+        index: e.index(),
+        term: e.term(),
         ..Default::default()
     };
-    match e.kind {
+    match e.kind() {
         EntryKind::Data => {
             out.set_entry_type(EntryType::EntryNormal);
-            out.data = Bytes::copy_from_slice(&e.payload);
+            out.data = Bytes::copy_from_slice(e.payload());
         }
         EntryKind::Empty => out.set_entry_type(EntryType::EntryNormal),
         EntryKind::ConfChange => {
             let (marker, rest) = e
-                .payload
+                .payload()
                 .split_first()
                 .expect("a stored conf change carries its marker byte");
             out.set_entry_type(match *marker {
                 CONF_CHANGE_V1 => EntryType::EntryConfChange,
                 CONF_CHANGE_V2 => EntryType::EntryConfChangeV2,
-                other => panic!("unknown conf change marker {other} at index {}", e.index),
+                other => panic!("unknown conf change marker {other} at index {}", e.index()),
             });
             out.data = Bytes::copy_from_slice(rest);
         }
@@ -215,11 +218,11 @@ struct StoreState {
 }
 
 /// raft-rs storage of one partition replica. Shard view: lives on the shard
-/// that owns the partition's [`ShardLog`]; `!Send`.
+/// that owns the partition's log; `!Send`.
 #[derive(Debug)]
-pub struct Store {
+pub struct Store<L: RaftLog = ShardLog> {
     partition: PartitionId,
-    log: ShardLog,
+    log: L,
     entry_cache_bytes_max: usize,
     state: RefCell<StoreState>,
 }
@@ -232,18 +235,18 @@ fn to_raft_error(e: StorageError) -> ::raft::Error {
     }
 }
 
-impl Store {
+impl<L: RaftLog> Store<L> {
     /// Opens the store of `partition` (creating the partition if the log
     /// does not have it) with the given voters and learners. Reads every
     /// entry after the persisted commit index into the cache, since raft
     /// may ask for any of them synchronously.
     pub async fn open(
-        log: &ShardLog,
+        log: &L,
         partition: PartitionId,
         voters: &[u64],
         learners: &[u64],
         entry_cache_bytes_max: usize,
-    ) -> Result<Store, StorageError> {
+    ) -> Result<Store<L>, StorageError> {
         if !log.partitions().contains(&partition) {
             log.create_partition(partition).await?;
         }
@@ -277,10 +280,7 @@ impl Store {
 
     /// The index raft may treat as applied on open: the persisted commit
     /// (the log is the state machine), never before the compaction point.
-    pub(crate) fn applied_on_open(
-        log: &ShardLog,
-        partition: PartitionId,
-    ) -> Result<u64, StorageError> {
+    pub(crate) fn applied_on_open(log: &L, partition: PartitionId) -> Result<u64, StorageError> {
         let hard = log.hard_state(partition)?;
         Ok(hard.commit.max(log.first_index(partition)? - 1))
     }
@@ -290,7 +290,7 @@ impl Store {
     }
 
     /// The shard log this store reads.
-    pub fn log(&self) -> &ShardLog {
+    pub fn log(&self) -> &L {
         &self.log
     }
 
@@ -373,13 +373,19 @@ impl Store {
     }
 }
 
-impl Storage for Store {
+impl<L: RaftLog> Storage for Store<L> {
     fn initial_state(&self) -> ::raft::Result<RaftState> {
         let hard: HardState = self.log.hard_state(self.partition).map_err(to_raft_error)?;
+        // The commit index is persisted lazily (with the next sync), and a
+        // log is compacted up to its applied index, so after a crash the
+        // persisted commit may lie before the compaction point. Everything
+        // compacted was committed; raft-rs refuses a commit below
+        // `first_index - 1` as corrupt state.
+        let first = self.first_index()?;
         let hs = RaftHardState {
             term: hard.term,
             vote: hard.vote,
-            commit: hard.commit,
+            commit: hard.commit.max(first - 1),
             ..Default::default()
         };
         Ok(RaftState::new(hs, self.state.borrow().conf_state.clone()))

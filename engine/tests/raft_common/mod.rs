@@ -1,9 +1,17 @@
 //! Helpers shared by the Raft integration tests: an executor, record
-//! batches, and a deterministic simulated network of shard loops.
+//! batches, and shard loops over real shard logs joined by the simulator's
+//! network (`engine/tests/sim/net.rs`, seeded and deterministic).
 #![allow(dead_code)]
 
+#[path = "../sim/rng.rs"]
+pub mod rng;
+
+#[path = "../sim/net.rs"]
+pub mod net;
+
+use net::SimNet;
+
 use std::cell::RefCell;
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -99,109 +107,6 @@ pub fn members(ids: &[u64]) -> GroupMembers {
     }
 }
 
-/// splitmix64: a seeded generator, so a run can be replayed from its seed.
-#[derive(Debug, Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// True with probability `per_mille / 1000`.
-    pub fn chance(&mut self, per_mille: u64) -> bool {
-        self.next_u64() % 1000 < per_mille
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
-
-#[derive(Debug)]
-struct InFlight {
-    deliver_at: u64,
-    partition: PartitionId,
-    msg: shardmq_engine::raft::eraftpb::Message,
-}
-
-/// A simulated network between nodes `1..=n`: it delays, drops and
-/// partitions messages, all decided by a seeded generator.
-#[derive(Debug)]
-pub struct SimNet {
-    pub rng: Rng,
-    /// Current time in delivery rounds.
-    pub now: u64,
-    /// Chance (per mille) that a message is lost.
-    pub drop_per_mille: u64,
-    /// Messages are delayed by up to this many rounds.
-    pub delay_max: u64,
-    /// Nodes cut off from every other node.
-    pub isolated: BTreeSet<u64>,
-    queue: Vec<InFlight>,
-    pub sent: u64,
-    pub dropped: u64,
-}
-
-impl SimNet {
-    pub fn new(seed: u64) -> Rc<RefCell<SimNet>> {
-        Rc::new(RefCell::new(SimNet {
-            rng: Rng::new(seed),
-            now: 0,
-            drop_per_mille: 0,
-            delay_max: 0,
-            isolated: BTreeSet::new(),
-            queue: Vec::new(),
-            sent: 0,
-            dropped: 0,
-        }))
-    }
-
-    fn cut(&self, a: u64, b: u64) -> bool {
-        a != b && (self.isolated.contains(&a) || self.isolated.contains(&b))
-    }
-
-    fn submit(&mut self, partition: PartitionId, msg: shardmq_engine::raft::eraftpb::Message) {
-        self.sent += 1;
-        if self.cut(msg.from, msg.to) || self.rng.chance(self.drop_per_mille) {
-            self.dropped += 1;
-            return;
-        }
-        let delay = if self.delay_max == 0 {
-            0
-        } else {
-            self.rng.below(self.delay_max + 1)
-        };
-        self.queue.push(InFlight {
-            deliver_at: self.now + delay,
-            partition,
-            msg,
-        });
-    }
-
-    /// Takes the messages due now, in submission order; a partition that
-    /// formed while they were in flight drops them.
-    fn take_due(&mut self) -> Vec<(PartitionId, shardmq_engine::raft::eraftpb::Message)> {
-        let now = self.now;
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.queue)
-            .into_iter()
-            .partition(|m| m.deliver_at <= now);
-        self.queue = later;
-        due.into_iter()
-            .filter(|m| !self.cut(m.msg.from, m.msg.to))
-            .map(|m| (m.partition, m.msg))
-            .collect()
-    }
-}
-
 /// One node's endpoint on the simulated network.
 #[derive(Debug)]
 pub struct SimTransport {
@@ -213,7 +118,8 @@ impl Transport for SimTransport {
         let mut net = self.net.borrow_mut();
         outbox.drain_each(|_, msgs| {
             for (group, m) in msgs.drain(..) {
-                net.submit(group, m);
+                // Node ids are raft ids here.
+                net.submit(m.from, m.to, group, m);
             }
         });
     }
@@ -290,9 +196,8 @@ impl Cluster {
                 net.now += 1;
                 due
             };
-            for (p, m) in due {
-                let to = m.to;
-                self.node(to).deliver(p, m);
+            for d in due {
+                self.node(d.to).deliver(d.group, d.msg);
             }
         }
     }
