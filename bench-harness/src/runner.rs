@@ -152,6 +152,9 @@ pub async fn run(opts: RunOptions) -> Result<PathBuf, BoxError> {
         .into());
     }
     let started_at = crate::report::now_rfc3339();
+    let load_at_start = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.trim().to_owned())
+        .unwrap_or_default();
     let data_parent = opts
         .data_dir
         .clone()
@@ -314,6 +317,7 @@ pub async fn run(opts: RunOptions) -> Result<PathBuf, BoxError> {
         command: opts.command_line.clone(),
         commit: git_commit(&opts.workload),
         started_at,
+        load_at_start,
         machine: crate::report::detect_machine(&data_parent),
         runs,
         comparison,

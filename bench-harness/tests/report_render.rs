@@ -138,6 +138,7 @@ fn sample_report(with_comparison: bool) -> Report {
         command: "shardmq-bench run --workload workloads/e2e-small.toml --peer nats".to_string(),
         commit: "beb8ad1-dirty".to_string(),
         started_at: "2026-12-01T10:11:12Z".to_string(),
+        load_at_start: "0.52 0.61 0.70 2/345 6789".to_string(),
         machine: Machine {
             cpu_model: "AMD EPYC 7B13".to_string(),
             cores: 2,

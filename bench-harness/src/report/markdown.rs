@@ -127,6 +127,14 @@ fn header(md: &mut String, report: &Report) {
         md,
         &[
             ("Started", cell(&report.started_at)),
+            (
+                "Load at start",
+                if report.load_at_start.is_empty() {
+                    "not recorded".to_string()
+                } else {
+                    format!("`{}` (/proc/loadavg)", cell(&report.load_at_start))
+                },
+            ),
             ("Commit", code(&report.commit)),
             ("Command", code(&report.command)),
             ("Workload", cell(&report.workload)),

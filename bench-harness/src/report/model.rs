@@ -43,6 +43,11 @@ pub struct Report {
     pub commit: String,
     /// Start of the run, RFC 3339 in UTC.
     pub started_at: String,
+    /// `/proc/loadavg` when the run started (1, 5 and 15 minute load
+    /// averages, runnable/total tasks): how busy the machine was with other
+    /// work. Empty when unknown.
+    #[serde(default)]
+    pub load_at_start: String,
     pub machine: Machine,
     /// Every measured run, in the order they ran.
     pub runs: Vec<DriverRun>,
