@@ -7,7 +7,13 @@
 //! (`--peers`), one shard per broker (the brokers share the machine's
 //! cores); it is ready once every broker answers `/health` with 200 (it
 //! registered with the controller) and the controller has a leader with
-//! every broker active. A NATS cluster is three servers with JetStream,
+//! every broker active. A broker pins its shard threads to the first CPUs
+//! it is allowed to run on, so brokers started alike would all put shard 0
+//! on the same core; broker i is therefore started allowed on the i-th
+//! CPU of the harness's own set only, round-robin (with two CPUs: brokers
+//! 1 and 3 on the first, broker 2 on the second), as an operator
+//! co-locating brokers would pin them. nats-servers are not pinned (their
+//! Go runtime spreads over every CPU, as they are normally run). A NATS cluster is three servers with JetStream,
 //! each routing to the others; it is ready once a stream with a replica on
 //! every server can be created.
 //!
@@ -318,11 +324,17 @@ async fn start_broker_cluster(
         .map(|(i, p)| format!("{}@127.0.0.1:{}", i + 1, p.peer))
         .collect::<Vec<_>>()
         .join(",");
+    let cpus = procs::allowed_cpus();
+    let mut placement = Vec::new();
     let mut nodes = Vec::new();
     for (i, p) in ports.iter().enumerate() {
         let node_id = i + 1;
         let data = procs::data_dir(data_parent, &format!("shardmq-bench-broker-{node_id}."))?;
         let mut command = Command::new(bin);
+        if let Some(&cpu) = cpus.get(i % cpus.len().max(1)) {
+            procs::restrict_to_cpu(&mut command, cpu);
+            placement.push(format!("broker {node_id}: CPU {cpu}"));
+        }
         command
             .args(["--node-id", &node_id.to_string()])
             .args(["--peers", &peers])
@@ -368,6 +380,17 @@ async fn start_broker_cluster(
     );
     config.insert("brokers".into(), brokers.to_string());
     config.insert("shards".into(), shards.to_string());
+    config.insert(
+        "broker_cpus".into(),
+        if placement.is_empty() {
+            "not restricted (the harness's CPU set is unknown)".to_owned()
+        } else {
+            format!(
+                "{} (each broker started allowed on that CPU only; it pins its shard there)",
+                placement.join(", ")
+            )
+        },
+    );
     config.insert(
         "broker_flags".into(),
         "--node-id N --peers 1@..,2@..,3@.. --cluster-id shardmq-bench --listen .. --metrics .. \

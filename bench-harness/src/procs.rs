@@ -131,6 +131,41 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The CPUs this process may run on, in order (empty when unknown).
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bitmask the kernel fills; the CPU_* helpers
+    // index within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|cpu| libc::CPU_ISSET(*cpu, &set))
+            .collect()
+    }
+}
+
+/// Makes `command`'s process start allowed on `cpu` only (its threads
+/// inherit the mask, and a broker pins its shards to the CPUs it is
+/// allowed).
+pub fn restrict_to_cpu(command: &mut Command, cpu: usize) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // makes the sched_setaffinity system call on a set built on its stack,
+    // which is async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A running server process the harness owns.
 #[derive(Debug)]
 pub struct ServerProcess {
@@ -385,6 +420,23 @@ mod tests {
             })
             .count();
         assert!(bound >= 6, "only {bound} of 8 picked ports could be bound");
+    }
+
+    #[test]
+    fn a_child_restricted_to_a_cpu_runs_there_only() {
+        let cpus = allowed_cpus();
+        assert!(!cpus.is_empty());
+        let cpu = *cpus.last().unwrap();
+        let mut command = Command::new("sh");
+        command.args(["-c", "grep Cpus_allowed_list /proc/self/status"]);
+        restrict_to_cpu(&mut command, cpu);
+        let out = command.output().expect("sh runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text.split_whitespace().last(),
+            Some(cpu.to_string().as_str()),
+            "{text}"
+        );
     }
 
     #[tokio::test]
