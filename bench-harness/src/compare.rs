@@ -2,14 +2,19 @@
 //! summary table printed at the end of `shardmq-bench run`.
 //!
 //! The best run of a driver and mode is the one with the highest produce
-//! throughput when the workload searched the max rate, and the one with the
+//! throughput when the workload searched the max rate, the one with the
 //! lowest publish p99 when it ran at a fixed rate (every run then has the
-//! same throughput, so latency is what differs).
+//! same throughput, so latency is what differs), and the one with the
+//! lowest publish p50 when it sent one record at a time.
 //!
-//! The ratios of [`Comparison`] take shardmq with `acks=leader` when it ran,
-//! since that mode acknowledges before fsync as nats-server does: the same
-//! durability class. The headline gives `acks=all` (acknowledged after
-//! fdatasync) beside it, so neither figure is read alone.
+//! shardmq is compared with the peer at the peer's replication factor
+//! (shardmq RF1 with NATS R1, RF3 with R3). The ratios of [`Comparison`]
+//! take shardmq with `acks=leader` when it ran, since that mode
+//! acknowledges before fsync as nats-server does: the same durability
+//! class. The headline gives `acks=all` (acknowledged after fdatasync)
+//! beside it, so neither figure is read alone. With a single-broker
+//! baseline in a replicated run, the replicated max is also given against a
+//! third of the single broker's acks=all max.
 
 use std::fmt::Write as _;
 
@@ -25,6 +30,20 @@ pub enum BestBy {
     Throughput,
     /// Lowest publish p99 (fixed-rate workloads).
     PublishP99,
+    /// Lowest publish p50 (one record at a time).
+    PublishP50,
+}
+
+/// The best of `runs` by `by`.
+fn best_of<'a>(runs: impl Iterator<Item = &'a DriverRun>, by: BestBy) -> Option<&'a DriverRun> {
+    runs.min_by(|a, b| match by {
+        BestBy::Throughput => b
+            .throughput
+            .produce_msg_per_s
+            .total_cmp(&a.throughput.produce_msg_per_s),
+        BestBy::PublishP99 => a.publish_latency.p99.cmp(&b.publish_latency.p99),
+        BestBy::PublishP50 => a.publish_latency.p50.cmp(&b.publish_latency.p50),
+    })
 }
 
 /// The best run of `driver` in `mode`, if it ran.
@@ -34,15 +53,10 @@ pub fn best_run<'a>(
     mode: &str,
     by: BestBy,
 ) -> Option<&'a DriverRun> {
-    runs.iter()
-        .filter(|r| r.driver == driver && r.mode == mode)
-        .min_by(|a, b| match by {
-            BestBy::Throughput => b
-                .throughput
-                .produce_msg_per_s
-                .total_cmp(&a.throughput.produce_msg_per_s),
-            BestBy::PublishP99 => a.publish_latency.p99.cmp(&b.publish_latency.p99),
-        })
+    best_of(
+        runs.iter().filter(|r| r.driver == driver && r.mode == mode),
+        by,
+    )
 }
 
 /// A ratio that stays finite (JSON has no infinity): 0 when the
@@ -75,13 +89,41 @@ pub fn display_name(driver: &str) -> &str {
     }
 }
 
+/// The server CPU seconds per GB of a run: the servers' sum when there are
+/// several (listed first), else the one server (0 when not measured).
+pub fn server_cpu_per_gb(run: &DriverRun) -> f64 {
+    run.processes
+        .iter()
+        .find(|p| p.name != "shardmq-bench")
+        .map_or(0.0, |p| p.cpu_seconds_per_gb)
+}
+
 /// shardmq against `peer` from `runs`, or `None` if either did not run.
 pub fn compare(runs: &[DriverRun], peer: &str, by: BestBy) -> Option<Comparison> {
     let peer_run = runs.iter().find(|r| r.driver == peer)?;
     let peer_best = best_run(runs, peer, &peer_run.mode, by)?;
-    let leader = best_run(runs, SHARDMQ, "acks=leader", by);
-    let all = best_run(runs, SHARDMQ, "acks=all", by);
+    let rf = peer_best.replication_factor;
+    let shardmq_at = |rf: u32, acks: &'static str| {
+        best_of(
+            runs.iter().filter(move |r| {
+                r.driver == SHARDMQ && r.replication_factor == rf && r.mode.ends_with(acks)
+            }),
+            by,
+        )
+    };
+    let leader = shardmq_at(rf, "acks=leader");
+    let all = shardmq_at(rf, "acks=all");
     let main = leader.or(all)?;
+    let baseline = if rf > 1 {
+        best_of(
+            runs.iter().filter(|r| {
+                r.driver == SHARDMQ && r.replication_factor == 1 && r.mode.ends_with("acks=all")
+            }),
+            BestBy::Throughput,
+        )
+    } else {
+        None
+    };
     let figures = |run: &DriverRun| {
         (
             ratio(
@@ -99,7 +141,26 @@ pub fn compare(runs: &[DriverRun], peer: &str, by: BestBy) -> Option<Comparison>
         )
     };
     let (throughput_ratio, p99_ratio, p999_ratio) = figures(main);
-    let peer_name = display_name(peer);
+    let p50_ratio = ratio(
+        main.publish_latency.p50 as f64,
+        peer_best.publish_latency.p50 as f64,
+    );
+    let e2e_p50_ratio = ratio(
+        main.end_to_end_latency.p50 as f64,
+        peer_best.end_to_end_latency.p50 as f64,
+    );
+    let cpu_ratio = ratio(server_cpu_per_gb(main), server_cpu_per_gb(peer_best));
+    let baseline_third_ratio = baseline.map(|b| {
+        ratio(
+            main.throughput.produce_msg_per_s,
+            b.throughput.produce_msg_per_s / 3.0,
+        )
+    });
+    let peer_name = if rf > 1 {
+        format!("{} R{rf}", display_name(peer))
+    } else {
+        display_name(peer).to_owned()
+    };
     let other_all = all.filter(|_| leader.is_some());
     // At max rate each driver runs at its own rate, so latencies are not
     // comparable; at a fixed rate throughput is the same for all.
@@ -115,6 +176,13 @@ pub fn compare(runs: &[DriverRun], peer: &str, by: BestBy) -> Option<Comparison>
             format_ratio(p99_ratio),
             format_ratio(p999_ratio)
         ),
+        BestBy::PublishP50 => format!(
+            "one record at a time, shardmq {} publish p50 {} µs, {peer_name} {} µs ({})",
+            main.mode,
+            main.publish_latency.p50,
+            peer_best.publish_latency.p50,
+            format_ratio(p50_ratio)
+        ),
     };
     if let Some(all) = other_all {
         let (t, p99, p999) = figures(all);
@@ -128,17 +196,38 @@ pub fn compare(runs: &[DriverRun], peer: &str, by: BestBy) -> Option<Comparison>
                 format_ratio(p99),
                 format_ratio(p999)
             ),
+            BestBy::PublishP50 => write!(
+                headline,
+                "; acks=all (after fdatasync) p50 {} µs",
+                all.publish_latency.p50
+            ),
         };
+    }
+    if let Some(b) = baseline_third_ratio.filter(|_| by == BestBy::Throughput) {
+        let _ = write!(
+            headline,
+            "; {} of a third of the single broker's acks=all max",
+            format_ratio(b)
+        );
+    }
+    if rf > 1 && by == BestBy::PublishP99 && cpu_ratio > 0.0 {
+        let _ = write!(
+            headline,
+            "; server CPU-s/GB {}, e2e p50 {} µs ({})",
+            format_ratio(cpu_ratio),
+            main.end_to_end_latency.p50,
+            format_ratio(e2e_p50_ratio)
+        );
     }
     Some(Comparison {
         peer: peer.to_owned(),
         throughput_ratio,
-        publish_p50_ratio: ratio(
-            main.publish_latency.p50 as f64,
-            peer_best.publish_latency.p50 as f64,
-        ),
+        publish_p50_ratio: p50_ratio,
         publish_p99_ratio: p99_ratio,
         publish_p999_ratio: p999_ratio,
+        end_to_end_p50_ratio: e2e_p50_ratio,
+        server_cpu_per_gb_ratio: cpu_ratio,
+        baseline_third_ratio,
         headline,
     })
 }
@@ -153,11 +242,12 @@ pub fn summary_table(runs: &[DriverRun]) -> String {
         "p99.9", "delay p99", "e2e p50", "e2e p99", "backlog", "srv s/GB", "errors"
     );
     for r in runs {
-        let server_cpu = r
-            .processes
-            .iter()
-            .find(|p| p.name != "shardmq-bench")
-            .map_or("-".to_owned(), |p| format!("{:.1}", p.cpu_seconds_per_gb));
+        let cpu = server_cpu_per_gb(r);
+        let server_cpu = if cpu > 0.0 {
+            format!("{cpu:.1}")
+        } else {
+            "-".to_owned()
+        };
         let target = r
             .target_rate
             .map_or("max".to_owned(), |t| format!("{t:.0}"));
@@ -205,6 +295,8 @@ mod tests {
             driver: driver.into(),
             mode: mode.into(),
             durability: String::new(),
+            replication_factor: 1,
+            servers: 1,
             repetition: rep,
             config: BTreeMap::new(),
             target_rate: None,
@@ -271,6 +363,41 @@ mod tests {
         assert!(by_p99
             .headline
             .contains("acks=all (after fdatasync) p99 1.67x"));
+    }
+
+    #[test]
+    fn replicated_runs_compare_at_the_peers_replication_factor() {
+        let mut rf3 = run(SHARDMQ, "RF3 acks=all", 1, 3000.0, 1000);
+        rf3.replication_factor = 3;
+        let single = run(SHARDMQ, "RF1 acks=all", 1, 6000.0, 500);
+        let mut nats = run("nats-jetstream", "R3 file", 1, 1000.0, 2000);
+        nats.replication_factor = 3;
+        let runs = vec![rf3, single, nats];
+        let c = compare(&runs, "nats-jetstream", BestBy::Throughput).unwrap();
+        // Against the R3 peer, the RF3 run is compared, not the faster RF1.
+        assert!((c.throughput_ratio - 3.0).abs() < 1e-9, "{c:?}");
+        // 3000 over a third of 6000.
+        assert!((c.baseline_third_ratio.unwrap() - 1.5).abs() < 1e-9);
+        assert!(
+            c.headline
+                .starts_with("shardmq RF3 acks=all 3.00x NATS JetStream R3 max throughput"),
+            "{}",
+            c.headline
+        );
+        assert!(c
+            .headline
+            .contains("1.50x of a third of the single broker's acks=all max"));
+
+        let p50 = compare(&runs, "nats-jetstream", BestBy::PublishP50).unwrap();
+        // p50 of run() is half its p99: 500 µs against 1,000 µs.
+        assert!((p50.publish_p50_ratio - 0.5).abs() < 0.01, "{p50:?}");
+        assert!(
+            p50.headline.starts_with(
+                "one record at a time, shardmq RF3 acks=all publish p50 500 µs, NATS JetStream R3 1000 µs"
+            ),
+            "{}",
+            p50.headline
+        );
     }
 
     #[test]

@@ -12,15 +12,19 @@
 //!   drive a running broker through the SDK; `run` runs an
 //!   OpenMessaging-Benchmark-style workload file ([`workload`]) against
 //!   shardmq and, with `--peer nats`, against NATS JetStream in the same
-//!   run, and writes a report directory ([`report`]).
+//!   run, and writes a report directory ([`report`]). With `replicas = 3`
+//!   both run as 3-server clusters on loopback; idle workloads measure the
+//!   servers at rest, failover workloads a SIGKILL of the busiest leader.
 //!
 //! The library: [`workload`] (workload files), [`schedule`] (the rate
 //! limiter: open-loop send times), [`payload`] (values carrying their
-//! intended send time, keys), [`stats`] (histograms, merging, process CPU),
-//! [`search`] (the max-rate search), [`driver`] (the `Driver` trait, shardmq
-//! and NATS JetStream), [`measure`] (one measured run), [`compare`] (best
-//! runs, ratios, the summary table), [`procs`] (servers the harness starts)
-//! and [`runner`] (the `run` command).
+//! intended send time, keys), [`stats`] (histograms, merging, process CPU
+//! and memory), [`search`] (the max-rate search), [`driver`] (the `Driver`
+//! trait, shardmq and NATS JetStream), [`measure`] (one measured run),
+//! [`idle`] (servers at rest), [`failover`] (a leader killed while
+//! producing), [`compare`] (best runs, ratios, the summary table),
+//! [`procs`] (server processes the harness starts), [`deploy`] (the servers
+//! of one side: one or a cluster) and [`runner`] (the `run` command).
 //!
 //! Invariants: latency is measured from the intended send time, never from
 //! the moment a late producer got around to sending (no coordinated
@@ -30,7 +34,10 @@
 //! (`shardmq-storage-bench` excepted, which measures storage alone).
 
 pub mod compare;
+pub mod deploy;
 pub mod driver;
+pub mod failover;
+pub mod idle;
 pub mod measure;
 pub mod payload;
 pub mod procs;

@@ -69,8 +69,11 @@ pub struct RunSpec {
     pub duration: Duration,
     /// Topic names are `<topic_prefix>-<i>`.
     pub topic_prefix: String,
-    /// Server process to measure the CPU of: (name, pid).
-    pub server: Option<(String, u32)>,
+    /// Server processes to measure the CPU of: (name, pid).
+    pub servers: Vec<(String, u32)>,
+    /// Each producer sends its next record once the previous one is
+    /// acknowledged (one record in flight per producer).
+    pub sequential: bool,
     /// Prefix of the progress lines, e.g. "shardmq acks=all #1".
     pub label: String,
 }
@@ -93,7 +96,8 @@ pub struct RunOutcome {
     pub backlog_end: u64,
     /// One point per second of the measured period.
     pub timeline: Vec<TimelinePoint>,
-    /// CPU of the server (when its pid is known) and of the harness.
+    /// CPU of the servers (when their pids are known; with several, their
+    /// sum first) and of the harness.
     pub processes: Vec<ProcessCpu>,
     /// Sends or polls that failed.
     pub errors: u64,
@@ -237,7 +241,14 @@ async fn run_on_topics(
             workload.key_distributor,
             0x5EED_0000 + i as u64,
         );
-        producer_tasks.spawn(produce(producer, pacer, maker, clock, Arc::clone(&shared)));
+        producer_tasks.spawn(produce(
+            producer,
+            pacer,
+            maker,
+            clock,
+            Arc::clone(&shared),
+            spec.sequential,
+        ));
     }
     let mut histograms = Vec::new();
     while let Some(joined) = producer_tasks.join_next().await {
@@ -339,17 +350,20 @@ async fn run_on_topics(
 }
 
 /// One producer: sends on its schedule, hands each acknowledgement future
-/// to a collector task that times it, and returns its histograms.
+/// to a collector task that times it (or, `sequential`, awaits it before
+/// the next send), and returns its histograms.
 async fn produce(
     mut producer: Box<dyn BenchProducer>,
     mut pacer: Pacer,
     mut maker: PayloadMaker,
     clock: Clock,
     shared: Arc<Shared>,
+    sequential: bool,
 ) -> ProducerHistograms {
     let (ack_tx, ack_rx) = mpsc::channel::<(Instant, AckFuture)>(PRODUCER_ACKS_PENDING_MAX);
     let collector = tokio::spawn(collect_acks(ack_rx, clock, Arc::clone(&shared)));
     let mut delay = new_histogram();
+    let mut own_publish = new_histogram();
     while let Some(intended) = pacer.next_due().await {
         let key = maker.key();
         let value = maker.value(clock.epoch_ns(intended));
@@ -365,12 +379,26 @@ async fn produce(
         if clock.measured(intended) {
             delay.saturating_record(sent_at.saturating_duration_since(intended).as_micros() as u64);
         }
+        if sequential {
+            let outcome = match tokio::time::timeout(ACK_DRAIN_TIMEOUT, ack).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    shared.fail(format!(
+                        "no acknowledgement within {} s",
+                        ACK_DRAIN_TIMEOUT.as_secs()
+                    ));
+                    break;
+                }
+            };
+            record_ack(&mut own_publish, intended, outcome, clock, &shared);
+            continue;
+        }
         if ack_tx.send((intended, ack)).await.is_err() {
             break;
         }
     }
     drop(ack_tx);
-    let publish = match tokio::time::timeout(ACK_DRAIN_TIMEOUT, collector).await {
+    let mut publish = match tokio::time::timeout(ACK_DRAIN_TIMEOUT, collector).await {
         Ok(Ok(publish)) => publish,
         Ok(Err(e)) => {
             shared.fail(format!("ack collector: {e}"));
@@ -384,8 +412,35 @@ async fn produce(
             new_histogram()
         }
     };
+    // Same bounds: adding cannot fail.
+    let _ = publish.add(&own_publish);
     let _ = tokio::time::timeout(ACK_DRAIN_TIMEOUT, producer.close()).await;
     ProducerHistograms { publish, delay }
+}
+
+/// Counts one acknowledgement (or failure) and records its latency from
+/// the intended send time.
+fn record_ack(
+    publish: &mut Histogram<u64>,
+    intended: Instant,
+    outcome: Result<(), DriverError>,
+    clock: Clock,
+    shared: &Shared,
+) {
+    let acked_at = Instant::now();
+    match outcome {
+        Ok(()) => {
+            shared.acked.fetch_add(1, Ordering::Relaxed);
+            if clock.measured(acked_at) {
+                shared.acked_measured.fetch_add(1, Ordering::Relaxed);
+            }
+            if clock.measured(intended) {
+                let us = acked_at.saturating_duration_since(intended).as_micros();
+                publish.saturating_record(us as u64);
+            }
+        }
+        Err(e) => shared.fail(e),
+    }
 }
 
 /// Awaits acknowledgements as they resolve and records their latency from
@@ -402,20 +457,7 @@ async fn collect_acks(
         tokio::select! {
             biased;
             Some((intended, result)) = pending.next(), if !pending.is_empty() => {
-                let acked_at = Instant::now();
-                match result {
-                    Ok(()) => {
-                        shared.acked.fetch_add(1, Ordering::Relaxed);
-                        if clock.measured(acked_at) {
-                            shared.acked_measured.fetch_add(1, Ordering::Relaxed);
-                        }
-                        if clock.measured(intended) {
-                            let us = acked_at.saturating_duration_since(intended).as_micros();
-                            publish.saturating_record(us as u64);
-                        }
-                    }
-                    Err(e) => shared.fail(e),
-                }
+                record_ack(&mut publish, intended, result, clock, &shared);
             }
             next = rx.recv(), if open => match next {
                 Some((intended, ack)) => {
@@ -485,13 +527,24 @@ async fn consume(
     e2e
 }
 
+/// The name of the sum of `count` servers named like `first`
+/// ("shardmq-broker 1" gives "shardmq-broker (sum of 3)").
+pub fn sum_name(first: &str, count: usize) -> String {
+    let base = first
+        .rsplit_once(' ')
+        .filter(|(_, n)| n.chars().all(|c| c.is_ascii_digit()))
+        .map_or(first, |(base, _)| base);
+    format!("{base} (sum of {count})")
+}
+
 /// What the monitor saw.
 #[derive(Debug)]
 struct Monitored {
     timeline: Vec<TimelinePoint>,
     backlog_max: u64,
     backlog_end: u64,
-    /// (process name, CPU seconds over the measured period).
+    /// (process name, CPU seconds over the measured period): the servers'
+    /// sum first when there are several, each server, the harness.
     cpu: Vec<(String, f64)>,
 }
 
@@ -508,12 +561,14 @@ async fn monitor(
     let mut backlog_max = 0u64;
     let mut next_progress = clock.start + PROGRESS_INTERVAL;
     let mut next_sample = clock.measure_from;
-    let mut cpu_start: Option<(Option<f64>, Option<f64>)> = None;
+    let mut cpu_start: Option<(Vec<Option<f64>>, Option<f64>)> = None;
     let mut last = (0u64, 0u64, clock.start);
     let mut last_progress = (0u64, clock.start);
-    let server_cpu = |s: &Option<(String, u32)>| {
-        s.as_ref()
-            .and_then(|(_, pid)| stats::process_cpu_seconds(*pid))
+    let server_cpu = |servers: &[(String, u32)]| -> Vec<Option<f64>> {
+        servers
+            .iter()
+            .map(|(_, pid)| stats::process_cpu_seconds(*pid))
+            .collect()
     };
     loop {
         let wake = next_progress.min(next_sample).min(clock.measure_to);
@@ -521,7 +576,7 @@ async fn monitor(
         let now = Instant::now();
         if cpu_start.is_none() && now >= clock.measure_from {
             // The measured period begins: the baseline of every rate.
-            cpu_start = Some((server_cpu(&spec.server), stats::own_cpu_seconds()));
+            cpu_start = Some((server_cpu(&spec.servers), stats::own_cpu_seconds()));
             last = (
                 shared.acked.load(Ordering::Relaxed),
                 shared.consumed.load(Ordering::Relaxed),
@@ -582,13 +637,24 @@ async fn monitor(
     }
     let backlog_end = shared.backlog(has_consumers);
     backlog_max = backlog_max.max(backlog_end);
-    let (server_start, own_start) = cpu_start.unwrap_or((None, None));
-    let mut cpu = Vec::new();
-    if let (Some((name, _)), Some(before), Some(after)) =
-        (&spec.server, server_start, server_cpu(&spec.server))
-    {
-        cpu.push((name.clone(), after - before));
+    let (server_start, own_start) = cpu_start.unwrap_or((Vec::new(), None));
+    let server_end = server_cpu(&spec.servers);
+    let mut servers = Vec::new();
+    for (i, (name, _)) in spec.servers.iter().enumerate() {
+        let before = server_start.get(i).copied().flatten();
+        let after = server_end.get(i).copied().flatten();
+        if let (Some(before), Some(after)) = (before, after) {
+            servers.push((name.clone(), after - before));
+        }
     }
+    let mut cpu = Vec::new();
+    if servers.len() > 1 {
+        cpu.push((
+            sum_name(&servers[0].0, servers.len()),
+            servers.iter().map(|(_, s)| s).sum(),
+        ));
+    }
+    cpu.extend(servers);
     if let (Some(before), Some(after)) = (own_start, stats::own_cpu_seconds()) {
         cpu.push(("shardmq-bench".to_owned(), after - before));
     }
@@ -597,5 +663,17 @@ async fn monitor(
         backlog_max,
         backlog_end,
         cpu,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_are_named_after_the_servers() {
+        assert_eq!(sum_name("shardmq-broker 1", 3), "shardmq-broker (sum of 3)");
+        assert_eq!(sum_name("nats-server 2", 3), "nats-server (sum of 3)");
+        assert_eq!(sum_name("nats-server", 2), "nats-server (sum of 2)");
     }
 }

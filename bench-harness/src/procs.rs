@@ -1,5 +1,6 @@
-//! Server processes the harness starts and stops itself: a local
-//! `shardmq-broker` and, with `--peer nats`, a local `nats-server -js`.
+//! Server processes the harness starts and stops itself: local
+//! `shardmq-broker`s and, with `--peer nats`, local `nats-server -js`
+//! (one of each, or clusters of them: [`crate::deploy`]).
 //!
 //! Each runs in a fresh temporary data directory on 127.0.0.1 ports, writes
 //! its output to a log file beside that directory, and is stopped (SIGTERM,
@@ -17,8 +18,12 @@ use std::time::{Duration, Instant};
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a server may take to exit after SIGTERM before it is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(15);
-/// Ports tried per [`free_port`] call.
-const PORT_BLOCK: u16 = 20;
+/// Ports tried per [`free_port`] call, and the size of each harness
+/// process's block of ports (a 3-broker cluster and a 3-node NATS cluster
+/// take 18 at once).
+const PORT_BLOCK: u16 = 40;
+/// Blocks between 12,000 and 20,000.
+const PORT_BLOCKS: u32 = 200;
 /// Lines of a server's log quoted in an error.
 const LOG_TAIL_LINES: usize = 20;
 
@@ -55,7 +60,7 @@ fn bindable_as_server(port: u16) -> bool {
 pub fn free_port() -> Result<u16, ProcError> {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let block = 12_000 + (std::process::id() % 400) as u16 * PORT_BLOCK;
+    let block = 12_000 + (std::process::id() % PORT_BLOCKS) as u16 * PORT_BLOCK;
     for _ in 0..PORT_BLOCK {
         let port = block + NEXT.fetch_add(1, Ordering::Relaxed) % PORT_BLOCK;
         if bindable_as_server(port) {
@@ -100,11 +105,72 @@ pub fn binary_version(bin: &Path, flag: &str) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// The HTTP status of `GET path` on 127.0.0.1:`port`, or `None` when
+/// nothing answers within a second. Enough HTTP/1.0 for a health check.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut head = [0u8; 64];
+    let mut len = 0;
+    while len < head.len() {
+        match stream.read(&mut head[len..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => len += n,
+        }
+        if head[..len].contains(&b'\n') {
+            break;
+        }
+    }
+    // "HTTP/1.1 200 OK"
+    let line = std::str::from_utf8(&head[..len]).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The CPUs this process may run on, in order (empty when unknown).
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `set` is a plain bitmask the kernel fills; the CPU_* helpers
+    // index within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|cpu| libc::CPU_ISSET(*cpu, &set))
+            .collect()
+    }
+}
+
+/// Makes `command`'s process start allowed on `cpu` only (its threads
+/// inherit the mask, and a broker pins its shards to the CPUs it is
+/// allowed).
+pub fn restrict_to_cpu(command: &mut Command, cpu: usize) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // makes the sched_setaffinity system call on a set built on its stack,
+    // which is async-signal-safe.
+    unsafe {
+        command.pre_exec(move || {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A running server process the harness owns.
 #[derive(Debug)]
 pub struct ServerProcess {
-    /// e.g. "shardmq-broker", "nats-server".
-    name: &'static str,
+    /// e.g. "shardmq-broker", "nats-server 2".
+    name: String,
     child: Option<Child>,
     /// Where it accepts clients (HOST:PORT).
     addr: String,
@@ -117,7 +183,20 @@ impl ServerProcess {
     /// Starts `command` (whose output goes to a log file beside `data`) and
     /// waits until `addr` accepts connections.
     pub async fn start(
-        name: &'static str,
+        name: &str,
+        command: Command,
+        addr: String,
+        data: tempfile::TempDir,
+    ) -> Result<Self, ProcError> {
+        let mut server = Self::spawn(name, command, addr, data)?;
+        server.wait_accepting().await?;
+        Ok(server)
+    }
+
+    /// Starts `command` (whose output goes to a log file beside `data`)
+    /// without waiting for it: servers of a cluster wait for each other.
+    pub fn spawn(
+        name: &str,
         mut command: Command,
         addr: String,
         data: tempfile::TempDir,
@@ -137,21 +216,36 @@ impl ServerProcess {
         let child = command
             .spawn()
             .map_err(|e| ProcError(format!("cannot start {name}: {e}")))?;
-        let mut server = Self {
-            name,
+        Ok(Self {
+            name: name.to_owned(),
             child: Some(child),
             addr,
             log,
             _data: data,
-        };
-        server.wait_ready().await?;
-        Ok(server)
+        })
     }
 
-    async fn wait_ready(&mut self) -> Result<(), ProcError> {
+    /// Waits until the server's address accepts connections.
+    pub async fn wait_accepting(&mut self) -> Result<(), ProcError> {
+        let addr = self.addr.clone();
+        self.wait_until("accept connections on", &addr, || {
+            TcpStream::connect(&addr).is_ok()
+        })
+        .await
+    }
+
+    /// Waits until `ready` says so, polling every 50 ms for at most
+    /// [`START_TIMEOUT`]; fails when the process exits first. `what` and
+    /// `target` name the wait in the error.
+    pub async fn wait_until(
+        &mut self,
+        what: &str,
+        target: &str,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<(), ProcError> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if TcpStream::connect(&self.addr).is_ok() {
+            if ready() {
                 return Ok(());
             }
             if let Some(child) = self.child.as_mut() {
@@ -165,9 +259,8 @@ impl ServerProcess {
             }
             if Instant::now() >= deadline {
                 return Err(ProcError(format!(
-                    "{} did not accept connections on {} within {} s; its log:\n{}",
+                    "{} did not {what} {target} within {} s; its log:\n{}",
                     self.name,
-                    self.addr,
                     START_TIMEOUT.as_secs(),
                     self.log_tail()
                 )));
@@ -183,9 +276,9 @@ impl ServerProcess {
         lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
     }
 
-    /// e.g. "shardmq-broker".
-    pub fn name(&self) -> &'static str {
-        self.name
+    /// e.g. "shardmq-broker", "nats-server 2".
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// HOST:PORT where it accepts clients.
@@ -203,6 +296,15 @@ impl ServerProcess {
         self.child
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL at once: the process dies with whatever it had not made
+    /// durable (its data directory stays until it is dropped). Returns how
+    /// it exited.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = child.kill();
+        child.wait().ok()
     }
 
     /// Stops it: SIGTERM, then SIGKILL after [`STOP_GRACE`]. Returns how it
@@ -230,10 +332,24 @@ impl ServerProcess {
     }
 }
 
+/// Whether servers' log files are kept when they are dropped (their data
+/// directories are removed either way).
+static KEEP_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Keep every server's log file from now on (`--keep-logs`): each is said
+/// on stderr when its server is dropped.
+pub fn keep_logs() {
+    KEEP_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_file(&self.log);
+        if KEEP_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+            eprintln!("{}: log kept at {}", self.name, self.log.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
@@ -304,6 +420,23 @@ mod tests {
             })
             .count();
         assert!(bound >= 6, "only {bound} of 8 picked ports could be bound");
+    }
+
+    #[test]
+    fn a_child_restricted_to_a_cpu_runs_there_only() {
+        let cpus = allowed_cpus();
+        assert!(!cpus.is_empty());
+        let cpu = *cpus.last().unwrap();
+        let mut command = Command::new("sh");
+        command.args(["-c", "grep Cpus_allowed_list /proc/self/status"]);
+        restrict_to_cpu(&mut command, cpu);
+        let out = command.output().expect("sh runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text.split_whitespace().last(),
+            Some(cpu.to_string().as_str()),
+            "{text}"
+        );
     }
 
     #[tokio::test]

@@ -1,32 +1,43 @@
 //! `shardmq-bench run`: a workload against shardmq and, with a peer,
 //! against the peer in the same run on the same machine.
 //!
-//! 1. Start what is needed: a local `shardmq-broker` (unless `--bootstrap`
-//!    names one), and with `--peer nats` a local `nats-server -js`.
-//! 2. Run the drivers in turn, `--repeat` times: shardmq at the workload's
-//!    acks (without a peer), or shardmq acks=all, shardmq acks=leader and
-//!    the peer (with one), each run on fresh topics. A max-rate workload
-//!    searches each driver's rate once, on its first repetition.
+//! 1. Plan the contenders, each a driver and mode on a [`System`]: without
+//!    replication, shardmq at the workload's acks on one broker (or, with
+//!    a peer, acks=all and acks=leader, then NATS JetStream R1); with
+//!    `replicas = 3`, shardmq at the workload's acks on a 3-broker cluster,
+//!    shardmq acks=all on a single broker when the workload asks for that
+//!    baseline, then NATS JetStream R3 on a 3-node cluster. With
+//!    `peer_max_rate_fraction` the peer goes first: its max rate, searched,
+//!    sets everyone's rate.
+//! 2. Run the contenders in turn, `--repeat` times, each on fresh topics.
+//!    The servers of a contender are started when its turn comes and
+//!    stopped when the next contender needs other ones, so only the system
+//!    measured runs. A max-rate workload searches each driver's rate once,
+//!    on its first repetition. Idle and failover workloads run their own
+//!    measurement ([`crate::idle`], [`crate::failover`]); a failover kills a
+//!    server, so its servers are never reused.
 //! 3. Print the summary table, the durability of each driver and the
 //!    comparison; write the report directory and update the index.
 //! 4. Stop every server it started (also on error: the servers are stopped
 //!    when dropped).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shardmq_client::Acks;
 
 use crate::compare::{self, BestBy};
-use crate::driver::nats::NatsDriver;
-use crate::driver::shardmq::ShardmqDriver;
+use crate::deploy::{Binaries, Deployment, System};
+use crate::driver::nats::{NatsDriver, NatsTarget};
+use crate::driver::shardmq::{ShardmqDriver, ShardmqTarget};
 use crate::driver::Driver;
 use crate::measure::{run_once, RunOutcome, RunSpec};
-use crate::procs::{self, ServerProcess};
-use crate::report::model::{DriverRun, LatencySummary, RateTrial, Report, REPORT_SCHEMA_VERSION};
+use crate::procs;
+use crate::report::model::{
+    DriverRun, FailoverRun, IdleRun, LatencySummary, RateTrial, Report, REPORT_SCHEMA_VERSION,
+};
 use crate::search::{search_max_rate, RATE_MIN};
-use crate::workload::{Workload, WorkloadAcks};
+use crate::workload::{Workload, WorkloadAcks, WorkloadKind};
 
 /// Boxed error of the run command: every failure carries its message.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -35,11 +46,16 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const TRIAL_WARMUP_MAX: Duration = Duration::from_secs(2);
 /// Most repetitions of the whole alternation.
 pub const REPEAT_MAX: u32 = 100;
+/// Brokers (and nats-servers) of a replicated run.
+pub const CLUSTER_SIZE: u32 = 3;
+/// Shards of each broker of a cluster: three brokers share the machine.
+pub const CLUSTER_SHARDS: u32 = 1;
 
 /// A broker to compare shardmq with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
-    /// `nats-server -js`, R1 file storage, publish with ack.
+    /// `nats-server -js`, file storage, publish with ack: one server (R1)
+    /// or, with `replicas = 3`, a cluster of three (R3).
     Nats,
 }
 
@@ -58,7 +74,7 @@ pub struct RunOptions {
     pub nats_bin: Option<PathBuf>,
     /// Parent of the servers' data directories.
     pub data_dir: Option<PathBuf>,
-    /// Shards of the local broker; default: the available cores.
+    /// Shards of a single local broker; default: the available cores.
     pub shards: Option<u32>,
     /// Times the whole alternation runs.
     pub repeat: u32,
@@ -72,14 +88,35 @@ pub struct RunOptions {
     pub command_line: String,
 }
 
-/// One driver and mode in the alternation, and the rate it runs at once
-/// searched.
+/// Which driver a contender runs, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DriverPlan {
+    Shardmq {
+        acks: Acks,
+        replication_factor: u32,
+        show_replication: bool,
+    },
+    Nats {
+        replicas: u32,
+    },
+}
+
+/// One driver and mode in the alternation, the servers it runs on, and the
+/// rate it runs at once searched.
+#[derive(Debug)]
 struct Contender {
-    driver: Box<dyn Driver>,
-    /// The server whose CPU is measured (name, pid).
-    server: Option<(String, u32)>,
+    system: System,
+    plan: DriverPlan,
     /// Found by the search, for later repetitions.
     searched_rate: Option<f64>,
+}
+
+/// What all runs of one command measured.
+#[derive(Debug, Default)]
+struct Results {
+    runs: Vec<DriverRun>,
+    idle: Vec<IdleRun>,
+    failover: Vec<FailoverRun>,
 }
 
 /// Runs the whole command; returns the report directory.
@@ -100,167 +137,161 @@ pub async fn run(opts: RunOptions) -> Result<PathBuf, BoxError> {
     if !(1..=REPEAT_MAX).contains(&opts.repeat) {
         return Err(format!("--repeat must be between 1 and {REPEAT_MAX}").into());
     }
+    if workload.peer_max_rate_fraction.is_some() && opts.peer.is_none() {
+        return Err(
+            "the workload runs at a share of the peer's max rate (peer_max_rate_fraction): \
+             give it a peer (--peer nats)"
+                .into(),
+        );
+    }
+    if workload.kind != WorkloadKind::Stream && opts.bootstrap.is_some() {
+        return Err(format!(
+            "a {} workload measures servers the harness starts: --bootstrap cannot be used",
+            workload.kind
+        )
+        .into());
+    }
     let started_at = crate::report::now_rfc3339();
+    let load_at_start = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.trim().to_owned())
+        .unwrap_or_default();
     let data_parent = opts
         .data_dir
         .clone()
         .or_else(|| std::env::var_os("TMPDIR").map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("/var/tmp"));
 
-    // Servers first: the binaries are checked before anything runs.
-    let mut shardmq_server: Option<ServerProcess> = None;
-    let mut shardmq_config = BTreeMap::new();
-    let bootstrap = match &opts.bootstrap {
-        Some(addr) => {
-            shardmq_config.insert("server".into(), format!("external broker at {addr}"));
-            shardmq_config.insert(
-                "server_cpu".into(),
-                "not measured (the broker was not started by the harness)".into(),
-            );
-            addr.clone()
-        }
-        None => {
-            let bin = match &opts.broker_bin {
-                Some(bin) => bin.clone(),
-                None => beside_self("shardmq-broker")?,
-            };
-            let shards = opts.shards.unwrap_or_else(available_cores).max(1);
-            eprintln!(
-                "starting {} ({shards} shards, data under {})",
-                bin.display(),
-                data_parent.display()
-            );
-            let server = procs::start_broker(&bin, shards, &data_parent).await?;
-            shardmq_config.insert(
-                "server".into(),
-                format!("shardmq-broker started by the harness, {shards} shards, 127.0.0.1"),
-            );
-            shardmq_config.insert("shards".into(), shards.to_string());
-            let addr = server.addr().to_owned();
-            shardmq_server = Some(server);
-            addr
-        }
-    };
-
-    let mut nats_server: Option<ServerProcess> = None;
-    let mut nats_config = BTreeMap::new();
+    // The binaries are checked before anything runs.
+    let mut bins = Binaries::default();
+    if opts.bootstrap.is_none() {
+        bins.broker = Some(match &opts.broker_bin {
+            Some(bin) => bin.clone(),
+            None => beside_self("shardmq-broker")?,
+        });
+    }
     if opts.peer == Some(Peer::Nats) {
-        let bin = match &opts.nats_bin {
+        bins.nats = Some(match &opts.nats_bin {
             Some(bin) => bin.clone(),
             None => procs::find_on_path("nats-server").ok_or(
                 "--peer nats: nats-server is not on PATH (apt-get install nats-server, or pass --nats-bin)",
             )?,
-        };
-        let version = procs::binary_version(&bin, "--version");
-        eprintln!("starting {} ({version})", bin.display());
-        let server = procs::start_nats(&bin, &data_parent).await?;
-        nats_config.insert("server".into(), version);
-        nats_config.insert(
-            "flags".into(),
-            "-js -a 127.0.0.1 -sd <fresh temporary directory>".into(),
-        );
-        nats_config.insert(
-            "sync_interval".into(),
-            "default (2 minutes in nats-server 2.9)".into(),
-        );
-        nats_server = Some(server);
-    }
-
-    let mut contenders = Vec::new();
-    let shardmq_pid = shardmq_server
-        .as_ref()
-        .and_then(|s| s.pid())
-        .map(|pid| ("shardmq-broker".to_owned(), pid));
-    let shardmq_modes: Vec<Acks> = match (opts.peer, workload.acks) {
-        (Some(_), _) => vec![Acks::All, Acks::Leader],
-        (None, WorkloadAcks::All) => vec![Acks::All],
-        (None, WorkloadAcks::Leader) => vec![Acks::Leader],
-    };
-    for acks in shardmq_modes {
-        contenders.push(Contender {
-            driver: Box::new(ShardmqDriver::new(&bootstrap, acks, shardmq_config.clone())),
-            server: shardmq_pid.clone(),
-            searched_rate: None,
-        });
-    }
-    if let Some(server) = &nats_server {
-        contenders.push(Contender {
-            driver: Box::new(NatsDriver::new(
-                &format!("nats://{}", server.addr()),
-                nats_config.clone(),
-            )),
-            server: server.pid().map(|pid| ("nats-server".to_owned(), pid)),
-            searched_rate: None,
         });
     }
 
-    let mut runs = Vec::new();
+    let mut contenders = plan(&opts, &workload);
+    let mut results = Results::default();
     let mut run_no = 0u32;
+    // With peer_max_rate_fraction: the rate every contender runs at, once
+    // the peer's max is known.
+    let mut shared_rate: Option<f64> = None;
     for repetition in 1..=opts.repeat {
+        let mut deployment: Option<Deployment> = None;
         for contender in &mut contenders {
-            for server in [shardmq_server.as_mut(), nats_server.as_mut()]
-                .into_iter()
-                .flatten()
+            if deployment
+                .as_ref()
+                .is_some_and(|d| *d.system() != contender.system)
             {
-                if !server.is_running() {
-                    return Err(format!(
-                        "{} is no longer running; its log:\n{}",
-                        server.name(),
-                        server.log_tail()
+                stop(deployment.take());
+            }
+            let d = match deployment.as_mut() {
+                Some(d) => d,
+                None => deployment
+                    .insert(Deployment::start(&contender.system, &bins, &data_parent).await?),
+            };
+            d.check_running()?;
+            run_no += 1;
+            let driver = make_driver(contender.plan, d, &workload);
+            let prefix = topic_prefix(&workload.name, run_no);
+            match workload.kind {
+                WorkloadKind::Stream => {
+                    let run = run_contender(
+                        contender,
+                        driver.as_ref(),
+                        d,
+                        &workload,
+                        repetition,
+                        &prefix,
+                        &mut shared_rate,
                     )
-                    .into());
+                    .await?;
+                    results.runs.push(run);
+                }
+                WorkloadKind::Idle => {
+                    let idle = crate::idle::measure(driver.as_ref(), d, &workload, &prefix).await?;
+                    results.idle.push(idle);
+                }
+                WorkloadKind::Failover => {
+                    let run =
+                        crate::failover::measure(driver.as_ref(), d, &workload, &prefix).await?;
+                    results.failover.push(run);
+                    // A server was killed: the next contender gets fresh ones.
+                    stop(deployment.take());
                 }
             }
-            run_no += 1;
-            let run = run_contender(contender, &workload, repetition, run_no).await?;
-            runs.push(run);
         }
+        stop(deployment.take());
     }
+    let Results {
+        runs,
+        idle,
+        failover,
+    } = results;
 
-    let comparison = nats_server
-        .as_ref()
+    let comparison = opts
+        .peer
         .and_then(|_| compare::compare(&runs, "nats-jetstream", best_by(&workload)));
 
-    // Stop the servers before writing, so nothing runs while the report is
-    // read; their exit is part of the result.
-    for server in [shardmq_server.as_mut(), nats_server.as_mut()]
-        .into_iter()
-        .flatten()
-    {
-        if let Some(status) = server.stop() {
-            // nats-server exits with 1 after a SIGTERM it handled cleanly.
-            let clean =
-                status.success() || (server.name() == "nats-server" && status.code() == Some(1));
-            if !clean {
-                eprintln!("{} exited with {status}", server.name());
-            }
+    println!();
+    print_workload(&workload);
+    if !runs.is_empty() {
+        print!("{}", compare::summary_table(&runs));
+    }
+    for run in &idle {
+        println!(
+            "idle: {} {}: {} partition(s), {} Raft group(s), set up in {:.1} s, measured {:.1} s",
+            run.driver, run.mode, run.partitions, run.raft_groups, run.setup_seconds, run.seconds
+        );
+        for p in &run.processes {
+            println!(
+                "idle:   {}: {:.2}% of a core, RSS {:.1} MiB (max {:.1} MiB)",
+                p.name,
+                p.cpu_percent_of_core,
+                p.rss_bytes_end as f64 / (1u64 << 20) as f64,
+                p.rss_bytes_max as f64 / (1u64 << 20) as f64
+            );
         }
     }
-
-    println!();
-    println!(
-        "workload {}: {} topic(s) x {} partition(s), {} B messages, {} producer(s) and {} consumer(s) per topic, rate {}, warm-up {:.1} s, measured {:.1} s",
-        workload.name,
-        workload.topics,
-        workload.partitions_per_topic,
-        workload.message_size,
-        workload.producers_per_topic,
-        workload.consumers_per_topic,
-        workload
-            .producer_rate
-            .map_or("max (searched)".to_owned(), |r| format!("{r:.0} msg/s")),
-        workload.warmup.as_secs_f64(),
-        workload.duration.as_secs_f64(),
-    );
-    print!("{}", compare::summary_table(&runs));
+    for run in &failover {
+        println!(
+            "failover: {} {}: killed {} (leader of {} of {} partitions); first ack on the new leader p50 {:.0} ms, max {:.0} ms ({} without one); new leader seen {}; election timeout {}",
+            run.driver,
+            run.mode,
+            run.killed,
+            run.killed_led_partitions,
+            run.partitions,
+            run.first_ack_p50_ms,
+            run.first_ack_max_ms,
+            run.unrecovered_partitions,
+            if run.elected_poll_ms > 0.0 {
+                format!(
+                    "p50 {:.0} ms, max {:.0} ms",
+                    run.elected_p50_ms, run.elected_max_ms
+                )
+            } else {
+                "not polled".to_owned()
+            },
+            run.election_timeout
+        );
+    }
     let mut seen = Vec::new();
-    for run in &runs {
-        let key = (run.driver.clone(), run.mode.clone());
+    let durabilities = runs
+        .iter()
+        .map(|r| (&r.driver, &r.mode, &r.durability))
+        .chain(failover.iter().map(|r| (&r.driver, &r.mode, &r.durability)));
+    for (driver, mode, durability) in durabilities {
+        let key = (driver.clone(), mode.clone());
         if !seen.contains(&key) {
-            println!(
-                "durability: {} {}: {}",
-                run.driver, run.mode, run.durability
-            );
+            println!("durability: {driver} {mode}: {durability}");
             seen.push(key);
         }
     }
@@ -286,22 +317,169 @@ pub async fn run(opts: RunOptions) -> Result<PathBuf, BoxError> {
         command: opts.command_line.clone(),
         commit: git_commit(&opts.workload),
         started_at,
+        load_at_start,
         machine: crate::report::detect_machine(&data_parent),
         runs,
         comparison,
+        idle,
+        failover,
     };
     let dir = crate::report::write_report_dir(&report, &opts.out)
         .map_err(|e| format!("cannot write the report under {}: {e}", opts.out.display()))?;
     crate::report::update_index(&opts.out, &dir, &report)
         .map_err(|e| format!("cannot update the index in {}: {e}", opts.out.display()))?;
+    println!("{}", crate::report::index::headline(&report));
     println!("report: {}", dir.display());
     Ok(dir)
 }
 
-/// How the best run of each driver is chosen for `workload`: by
-/// throughput when it searched the max rate, else by publish p99.
+/// The contenders of `workload`, in the order they run.
+fn plan(opts: &RunOptions, workload: &Workload) -> Vec<Contender> {
+    let replicated = workload.replicas > 1;
+    let single_shards = opts.shards.unwrap_or_else(available_cores).max(1);
+    let shardmq_system = match &opts.bootstrap {
+        Some(bootstrap) => System::ShardmqExternal {
+            bootstrap: bootstrap.clone(),
+        },
+        None if replicated => System::Shardmq {
+            brokers: CLUSTER_SIZE,
+            shards: CLUSTER_SHARDS,
+        },
+        None => System::Shardmq {
+            brokers: 1,
+            shards: single_shards,
+        },
+    };
+    let workload_acks = match workload.acks {
+        WorkloadAcks::All => Acks::All,
+        WorkloadAcks::Leader => Acks::Leader,
+    };
+    // Beside a peer, a single broker runs both levels (acks=leader is
+    // nats-server's durability class); a cluster runs the workload's.
+    let shardmq_modes: Vec<Acks> = match (opts.peer, replicated) {
+        (Some(_), false) => vec![Acks::All, Acks::Leader],
+        _ => vec![workload_acks],
+    };
+    let mut contenders: Vec<Contender> = shardmq_modes
+        .into_iter()
+        .map(|acks| Contender {
+            system: shardmq_system.clone(),
+            plan: DriverPlan::Shardmq {
+                acks,
+                replication_factor: workload.replicas,
+                show_replication: replicated,
+            },
+            searched_rate: None,
+        })
+        .collect();
+    if replicated && workload.single_broker_baseline && opts.bootstrap.is_none() {
+        contenders.push(Contender {
+            system: System::Shardmq {
+                brokers: 1,
+                shards: single_shards,
+            },
+            plan: DriverPlan::Shardmq {
+                acks: Acks::All,
+                replication_factor: 1,
+                show_replication: true,
+            },
+            searched_rate: None,
+        });
+    }
+    if opts.peer == Some(Peer::Nats) {
+        let nats = Contender {
+            system: System::Nats {
+                nodes: if replicated { CLUSTER_SIZE } else { 1 },
+            },
+            plan: DriverPlan::Nats {
+                replicas: workload.replicas,
+            },
+            searched_rate: None,
+        };
+        if workload.peer_max_rate_fraction.is_some() {
+            contenders.insert(0, nats);
+        } else {
+            contenders.push(nats);
+        }
+    }
+    contenders
+}
+
+fn make_driver(plan: DriverPlan, deployment: &Deployment, workload: &Workload) -> Box<dyn Driver> {
+    match plan {
+        DriverPlan::Shardmq {
+            acks,
+            replication_factor,
+            show_replication,
+        } => Box::new(ShardmqDriver::with_target(
+            ShardmqTarget {
+                bootstrap: deployment.bootstrap().to_vec(),
+                replication_factor,
+                show_replication,
+                server_config: deployment.config().clone(),
+                retry_backoff_max: workload.shardmq_retry_backoff_max,
+            },
+            acks,
+        )),
+        DriverPlan::Nats { replicas } => Box::new(NatsDriver::with_target(NatsTarget {
+            urls: deployment
+                .bootstrap()
+                .iter()
+                .map(|a| format!("nats://{a}"))
+                .collect(),
+            replicas,
+            partitions: workload.nats_partitions,
+            server_config: deployment.config().clone(),
+        })),
+    }
+}
+
+/// Stops a deployment's servers, saying which did not exit cleanly.
+fn stop(deployment: Option<Deployment>) {
+    if let Some(mut d) = deployment {
+        for line in d.stop() {
+            eprintln!("{line}");
+        }
+    }
+}
+
+fn print_workload(workload: &Workload) {
+    let what = match workload.kind {
+        WorkloadKind::Idle => "idle (nothing sent)".to_owned(),
+        _ => format!(
+            "{} B messages, {} producer(s) and {} consumer(s) per topic, rate {}",
+            workload.message_size,
+            workload.producers_per_topic,
+            workload.consumers_per_topic,
+            match (workload.producer_rate, workload.sequential) {
+                (Some(r), _) => format!("{r:.0} msg/s"),
+                (None, true) => "one record at a time per producer".to_owned(),
+                (None, false) => match workload.peer_max_rate_fraction {
+                    Some(f) => format!("{f} x the peer's max (searched)"),
+                    None => "max (searched)".to_owned(),
+                },
+            }
+        ),
+    };
+    println!(
+        "workload {} ({}): {} topic(s) x {} partition(s), {} replica(s), {what}, warm-up {:.1} s, measured {:.1} s",
+        workload.name,
+        workload.kind,
+        workload.topics,
+        workload.partitions_per_topic,
+        workload.replicas,
+        workload.warmup.as_secs_f64(),
+        workload.duration.as_secs_f64(),
+    );
+}
+
+/// How the best run of each driver is chosen for `workload`: by publish
+/// p50 when it sent one record at a time, by throughput when it searched
+/// every driver's max rate, else (a fixed rate) by publish p99.
 fn best_by(workload: &Workload) -> BestBy {
-    if workload.producer_rate.is_some() {
+    if workload.sequential {
+        BestBy::PublishP50
+    } else if workload.producer_rate.is_some() || workload.peer_max_rate_fraction.is_some() {
         BestBy::PublishP99
     } else {
         BestBy::Throughput
@@ -338,46 +516,70 @@ pub fn render(dir: &Path) -> Result<PathBuf, BoxError> {
 }
 
 /// One driver's run in the alternation, searching its rate first when the
-/// workload asks and it has not been searched yet.
+/// workload asks and it has not been searched yet. With
+/// `peer_max_rate_fraction` only the peer searches (it runs first), and
+/// `shared_rate` carries the share of its max to the others.
+#[allow(clippy::too_many_arguments)]
 async fn run_contender(
     contender: &mut Contender,
+    driver: &dyn Driver,
+    deployment: &Deployment,
     workload: &Workload,
     repetition: u32,
-    run_no: u32,
+    prefix: &str,
+    shared_rate: &mut Option<f64>,
 ) -> Result<DriverRun, BoxError> {
-    let driver = contender.driver.as_ref();
     let label = format!("{} {} #{repetition}", driver.name(), driver.mode());
-    let prefix = topic_prefix(&workload.name, run_no);
+    let servers = deployment.processes();
+    let is_peer = matches!(contender.plan, DriverPlan::Nats { .. });
     let mut rate_search = Vec::new();
-    let rate = match (workload.producer_rate, contender.searched_rate) {
-        (Some(rate), _) => rate,
-        (None, Some(rate)) => rate,
-        (None, None) => {
-            let (rate, trials) =
-                search(driver, contender.server.clone(), workload, &prefix, &label).await?;
-            contender.searched_rate = Some(rate);
+    let rate = if workload.sequential {
+        None
+    } else if let Some(rate) = workload.producer_rate {
+        Some(rate)
+    } else if let Some(fraction) = workload.peer_max_rate_fraction {
+        if is_peer && contender.searched_rate.is_none() {
+            let (max, trials) = search(driver, &servers, workload, prefix, &label).await?;
+            contender.searched_rate = Some(max);
             rate_search = trials;
-            rate
+            let rate = (max * fraction).max(RATE_MIN);
+            eprintln!(
+                "{label}: max {max:.0} msg/s; every driver runs at {fraction} x = {rate:.0} msg/s"
+            );
+            *shared_rate = Some(rate);
         }
+        Some(shared_rate.ok_or("the peer's max rate is not known yet")?)
+    } else if let Some(rate) = contender.searched_rate {
+        Some(rate)
+    } else {
+        let (rate, trials) = search(driver, &servers, workload, prefix, &label).await?;
+        contender.searched_rate = Some(rate);
+        rate_search = trials;
+        Some(rate)
     };
     eprintln!(
-        "== {label}: {rate:.0} msg/s, warm-up {:.1} s, measured {:.1} s",
+        "== {label}: {}, warm-up {:.1} s, measured {:.1} s",
+        rate.map_or("one record at a time".to_owned(), |r| format!(
+            "{r:.0} msg/s"
+        )),
         workload.warmup.as_secs_f64(),
         workload.duration.as_secs_f64()
     );
     let spec = RunSpec {
-        rate: Some(rate),
+        rate,
         warmup: workload.warmup,
         duration: workload.duration,
-        topic_prefix: prefix,
-        server: contender.server.clone(),
+        topic_prefix: prefix.to_owned(),
+        servers: servers.clone(),
+        sequential: workload.sequential,
         label,
     };
     let outcome = run_once(driver, workload, &spec).await?;
     Ok(driver_run(
         driver,
+        deployment.server_count().max(1),
         repetition,
-        Some(rate),
+        rate,
         rate_search,
         outcome,
     ))
@@ -387,7 +589,7 @@ async fn run_contender(
 /// at and the trials.
 async fn search(
     driver: &dyn Driver,
-    server: Option<(String, u32)>,
+    servers: &[(String, u32)],
     workload: &Workload,
     prefix: &str,
     label: &str,
@@ -401,7 +603,8 @@ async fn search(
             warmup: workload.warmup.min(TRIAL_WARMUP_MAX),
             duration: config.trial,
             topic_prefix: format!("{prefix}-s{trial_no}"),
-            server: server.clone(),
+            servers: servers.to_vec(),
+            sequential: false,
             label: format!(
                 "{label} search {trial_no}/{} @ {rate:.0}/s",
                 config.max_trials
@@ -447,6 +650,7 @@ async fn search(
 
 fn driver_run(
     driver: &dyn Driver,
+    servers: u32,
     repetition: u32,
     target_rate: Option<f64>,
     rate_search: Vec<RateTrial>,
@@ -456,6 +660,8 @@ fn driver_run(
         driver: driver.name().to_owned(),
         mode: driver.mode(),
         durability: driver.durability(),
+        replication_factor: driver.replication_factor(),
+        servers,
         repetition,
         config: driver.config(),
         target_rate,

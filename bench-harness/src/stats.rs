@@ -58,6 +58,26 @@ pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
     cpu_seconds_from_stat(&stat, clock_ticks_per_second())
 }
 
+/// Resident memory of a process in bytes, from `/proc/<pid>/statm` (its
+/// second field, in pages). `None` when the process is gone.
+pub fn process_rss_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    rss_bytes_from_statm(&statm, page_bytes())
+}
+
+/// The resident set (field 2, pages) of a `/proc/<pid>/statm` line, in
+/// bytes.
+pub fn rss_bytes_from_statm(statm: &str, page_bytes: u64) -> Option<u64> {
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page_bytes)
+}
+
+fn page_bytes() -> u64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
+}
+
 /// CPU seconds of this process.
 pub fn own_cpu_seconds() -> Option<f64> {
     process_cpu_seconds(std::process::id())
@@ -139,6 +159,16 @@ mod tests {
         let merged = merge(std::iter::empty());
         assert!(merged.is_empty());
         assert_eq!(merge(&[new_histogram(), new_histogram()]).len(), 0);
+    }
+
+    #[test]
+    fn statm_resident_pages() {
+        assert_eq!(
+            rss_bytes_from_statm("12345 678 90 1 0 2 0\n", 4096),
+            Some(678 * 4096)
+        );
+        assert_eq!(rss_bytes_from_statm("12345", 4096), None);
+        assert!(process_rss_bytes(std::process::id()).is_some_and(|b| b > 0));
     }
 
     #[test]

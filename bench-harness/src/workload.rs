@@ -15,12 +15,47 @@
 //! warmup_seconds = 10
 //! duration_seconds = 60
 //!
+//! # Optional, with their defaults:
+//! kind = "stream"                   # stream | idle | failover
+//! replicas = 1                      # 1 | 3 (a 3-broker cluster and a 3-node NATS cluster)
+//! sequential = false                # one record in flight per producer
+//! peer_max_rate_fraction = 0.5      # (no default) run at this share of the peer's max
+//! single_broker_baseline = false    # with replicas = 3, also a single broker
+//! nats_partitions = "subjects"      # subjects | streams
+//! shardmq_retry_backoff_max_ms = 2000 # (no default: the SDK's) longest retry wait
+//!
 //! [rate_search]                     # optional; only read when producer_rate = 0
 //! start_rate = 5000
 //! trial_seconds = 5
 //! max_trials = 12
 //! tolerance = 0.05
 //! ```
+//!
+//! Three kinds of workload:
+//! - `stream` (the default): producers and consumers for the measured
+//!   period, at a fixed rate, at the max sustainable rate (searched), or
+//!   with `sequential = true` one record at a time per producer.
+//! - `idle`: the topics are created and nothing is sent; `warmup_seconds`
+//!   lets the servers settle, then each server process's CPU and resident
+//!   memory are measured over `duration_seconds`. `message_size`, the
+//!   producer, consumer and rate fields are not used and must be left out.
+//! - `failover`: producers send at `producer_rate` for `warmup_seconds`,
+//!   then the broker (or nats-server) leading the most partitions is killed
+//!   with SIGKILL and sending goes on for `duration_seconds`; per partition
+//!   it led, the time from the kill to the first acknowledged record. Needs
+//!   `replicas = 3` and no consumers.
+//!
+//! `replicas = 3` runs shardmq as a 3-broker cluster on loopback with
+//! topics of replication factor 3, and NATS JetStream (with a peer) as a
+//! 3-node cluster with streams of 3 replicas. `peer_max_rate_fraction`
+//! (with `producer_rate = 0`) searches the peer's max sustainable rate
+//! first, then measures every driver at that share of it, in the same run.
+//! `nats_partitions` maps a topic's partitions onto JetStream: `subjects`,
+//! one stream per topic with a subject per partition; `streams`, a stream
+//! (its own Raft group) per partition. `shardmq_retry_backoff_max_ms`
+//! caps the wait of the shardmq producer between two retries of a batch
+//! (the SDK's `retry_backoff_max`), which bounds how late a producer
+//! notices a new leader after a failover.
 //!
 //! [`Workload::parse`] rejects unknown fields and out-of-range values with a
 //! message naming the field, so a typo never silently runs a different
@@ -79,6 +114,53 @@ pub enum WorkloadAcks {
     Leader,
 }
 
+/// What a workload measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkloadKind {
+    /// Producers and consumers: throughput and latency.
+    Stream,
+    /// Topics and nothing sent: each server's CPU and memory at rest.
+    Idle,
+    /// Steady producing across a SIGKILL of the busiest leader.
+    Failover,
+}
+
+impl fmt::Display for WorkloadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Stream => "stream",
+            Self::Idle => "idle",
+            Self::Failover => "failover",
+        })
+    }
+}
+
+/// How the partitions of a topic map onto NATS JetStream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatsPartitions {
+    /// One stream per topic, one subject per partition (one Raft group
+    /// per topic).
+    Subjects,
+    /// One stream per partition (one Raft group per partition, as
+    /// shardmq has).
+    Streams,
+}
+
+impl fmt::Display for NatsPartitions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Subjects => "subjects",
+            Self::Streams => "streams",
+        })
+    }
+}
+
+/// Replication factors a workload may ask for: one broker, or a cluster
+/// of three with every partition on all three.
+pub const REPLICAS_ALLOWED: [u32; 2] = [1, 3];
+
 /// The optional `[rate_search]` table; defaults in [`SearchConfig`].
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,22 +177,46 @@ struct RateSearchFile {
 #[serde(deny_unknown_fields)]
 struct WorkloadFile {
     name: String,
+    #[serde(default = "default_kind")]
+    kind: WorkloadKind,
     topics: u32,
     partitions_per_topic: u32,
-    message_size: u32,
+    message_size: Option<u32>,
     #[serde(default)]
     random_bytes_ratio: f64,
     #[serde(default = "default_keys")]
     key_distributor: KeyDistribution,
-    producers_per_topic: u32,
-    consumers_per_topic: u32,
-    producer_rate: f64,
+    producers_per_topic: Option<u32>,
+    consumers_per_topic: Option<u32>,
+    producer_rate: Option<f64>,
     #[serde(default = "default_acks")]
     acks: WorkloadAcks,
     warmup_seconds: f64,
     duration_seconds: f64,
+    #[serde(default = "default_replicas")]
+    replicas: u32,
+    #[serde(default)]
+    sequential: bool,
+    peer_max_rate_fraction: Option<f64>,
+    #[serde(default)]
+    single_broker_baseline: bool,
+    #[serde(default = "default_nats_partitions")]
+    nats_partitions: NatsPartitions,
+    shardmq_retry_backoff_max_ms: Option<u64>,
     #[serde(default)]
     rate_search: RateSearchFile,
+}
+
+fn default_kind() -> WorkloadKind {
+    WorkloadKind::Stream
+}
+
+fn default_replicas() -> u32 {
+    1
+}
+
+fn default_nats_partitions() -> NatsPartitions {
+    NatsPartitions::Subjects
 }
 
 fn default_keys() -> KeyDistribution {
@@ -126,23 +232,28 @@ fn default_acks() -> WorkloadAcks {
 pub struct Workload {
     /// Names the report directory; letters, digits, `-`, `_` and `.` only.
     pub name: String,
+    /// What the workload measures.
+    pub kind: WorkloadKind,
     /// Topics, each with its own producers and consumers.
     pub topics: u32,
     /// Partitions of each topic (subjects of each stream, for NATS).
     pub partitions_per_topic: u32,
-    /// Bytes of each record's value (at least the 8-byte timestamp).
+    /// Bytes of each record's value (at least the 8-byte timestamp); 0
+    /// for an idle workload.
     pub message_size: u32,
     /// Share of each value (after the timestamp) that is random bytes; the
     /// rest is zeros. 0 compresses perfectly, 1 not at all.
     pub random_bytes_ratio: f64,
     /// How records are keyed.
     pub key_distributor: KeyDistribution,
-    /// Producers of each topic, each with its own connections.
+    /// Producers of each topic, each with its own connections (0 for an
+    /// idle workload).
     pub producers_per_topic: u32,
     /// Consumers sharing each topic (0: produce only).
     pub consumers_per_topic: u32,
     /// Target msg/s over all producers of all topics; `None` (0 in the
-    /// file) asks for a max-rate search.
+    /// file) asks for a max-rate search, or with `sequential` for sends as
+    /// fast as acknowledgements come.
     pub producer_rate: Option<f64>,
     /// shardmq's acknowledgement level when no peer runs.
     pub acks: WorkloadAcks,
@@ -152,6 +263,23 @@ pub struct Workload {
     pub duration: Duration,
     /// How the max sustainable rate is searched when `producer_rate` is 0.
     pub rate_search: SearchConfig,
+    /// Replicas of every partition: 1 (a single broker) or 3 (a cluster
+    /// of three brokers, and of three nats-servers).
+    pub replicas: u32,
+    /// Each producer sends its next record only once the previous one is
+    /// acknowledged: the latency of a lone record.
+    pub sequential: bool,
+    /// With `producer_rate = 0`: every driver runs at this share of the
+    /// peer's max sustainable rate, searched first in the same run.
+    pub peer_max_rate_fraction: Option<f64>,
+    /// With `replicas = 3`: shardmq on a single broker (acks=all) runs
+    /// too, the baseline of the replicated figures.
+    pub single_broker_baseline: bool,
+    /// How a topic's partitions map onto NATS JetStream.
+    pub nats_partitions: NatsPartitions,
+    /// The shardmq producer's longest wait between retries of a batch;
+    /// `None`: the SDK's default.
+    pub shardmq_retry_backoff_max: Option<Duration>,
 }
 
 /// A workload file that cannot be run, with the reason.
@@ -240,26 +368,128 @@ impl Workload {
         in_range(file.topics, 1, TOPICS_MAX).map_err(|m| invalid("topics", m))?;
         in_range(file.partitions_per_topic, 1, PARTITIONS_PER_TOPIC_MAX)
             .map_err(|m| invalid("partitions_per_topic", m))?;
-        in_range(file.message_size, TIMESTAMP_BYTES as u32, MESSAGE_SIZE_MAX)
-            .map_err(|m| invalid("message_size", m))?;
         if !(0.0..=1.0).contains(&file.random_bytes_ratio) {
             return Err(invalid(
                 "random_bytes_ratio",
                 format!("{} is not between 0 and 1", file.random_bytes_ratio),
             ));
         }
-        in_range(file.producers_per_topic, 1, CLIENTS_PER_TOPIC_MAX)
-            .map_err(|m| invalid("producers_per_topic", m))?;
-        in_range(file.consumers_per_topic, 0, CLIENTS_PER_TOPIC_MAX)
-            .map_err(|m| invalid("consumers_per_topic", m))?;
-        if !(file.producer_rate.is_finite() && file.producer_rate >= 0.0) {
+        if !REPLICAS_ALLOWED.contains(&file.replicas) {
             return Err(invalid(
-                "producer_rate",
+                "replicas",
                 format!(
-                    "{} must be 0 (search the max rate) or a positive msg/s",
-                    file.producer_rate
+                    "{} must be 1 (one broker) or 3 (a cluster of three)",
+                    file.replicas
                 ),
             ));
+        }
+        if file.single_broker_baseline && file.replicas == 1 {
+            return Err(invalid(
+                "single_broker_baseline",
+                "needs replicas = 3 (a single broker is already what runs)".into(),
+            ));
+        }
+        let sending = file.kind != WorkloadKind::Idle;
+        let (message_size, producers, consumers, rate) = if sending {
+            let required = |field: &'static str| {
+                invalid(
+                    field,
+                    format!("missing (a {} workload sends records)", file.kind),
+                )
+            };
+            let message_size = file.message_size.ok_or_else(|| required("message_size"))?;
+            let producers = file
+                .producers_per_topic
+                .ok_or_else(|| required("producers_per_topic"))?;
+            let consumers = file
+                .consumers_per_topic
+                .ok_or_else(|| required("consumers_per_topic"))?;
+            let rate = file
+                .producer_rate
+                .ok_or_else(|| required("producer_rate"))?;
+            in_range(message_size, TIMESTAMP_BYTES as u32, MESSAGE_SIZE_MAX)
+                .map_err(|m| invalid("message_size", m))?;
+            in_range(producers, 1, CLIENTS_PER_TOPIC_MAX)
+                .map_err(|m| invalid("producers_per_topic", m))?;
+            in_range(consumers, 0, CLIENTS_PER_TOPIC_MAX)
+                .map_err(|m| invalid("consumers_per_topic", m))?;
+            if !(rate.is_finite() && rate >= 0.0) {
+                return Err(invalid(
+                    "producer_rate",
+                    format!("{rate} must be 0 (search the max rate) or a positive msg/s"),
+                ));
+            }
+            (message_size, producers, consumers, rate)
+        } else {
+            let unused = [
+                ("message_size", file.message_size.is_some()),
+                ("producers_per_topic", file.producers_per_topic.is_some()),
+                ("consumers_per_topic", file.consumers_per_topic.is_some()),
+                ("producer_rate", file.producer_rate.is_some()),
+                ("sequential", file.sequential),
+                (
+                    "peer_max_rate_fraction",
+                    file.peer_max_rate_fraction.is_some(),
+                ),
+            ];
+            if let Some((field, _)) = unused.iter().find(|(_, set)| *set) {
+                return Err(invalid(
+                    field,
+                    "an idle workload sends nothing: leave it out".into(),
+                ));
+            }
+            (0, 0, 0, 0.0)
+        };
+        if file.sequential && rate > 0.0 {
+            return Err(invalid(
+                "sequential",
+                "needs producer_rate = 0 (each record leaves when the previous one is acknowledged)"
+                    .into(),
+            ));
+        }
+        if let Some(fraction) = file.peer_max_rate_fraction {
+            if !(fraction > 0.0 && fraction <= 1.0) {
+                return Err(invalid(
+                    "peer_max_rate_fraction",
+                    format!("{fraction} is not in (0, 1]"),
+                ));
+            }
+            if rate > 0.0 || file.sequential {
+                return Err(invalid(
+                    "peer_max_rate_fraction",
+                    "needs producer_rate = 0 and no sequential (the rate comes from the peer's max)"
+                        .into(),
+                ));
+            }
+        }
+        if let Some(ms) = file.shardmq_retry_backoff_max_ms {
+            if !(1..=60_000).contains(&ms) {
+                return Err(invalid(
+                    "shardmq_retry_backoff_max_ms",
+                    format!("{ms} is not between 1 and 60000"),
+                ));
+            }
+        }
+        if file.kind == WorkloadKind::Failover {
+            if file.replicas < 3 {
+                return Err(invalid(
+                    "replicas",
+                    "a failover workload needs replicas = 3 (a leader to lose and a majority left)"
+                        .into(),
+                ));
+            }
+            if consumers > 0 {
+                return Err(invalid(
+                    "consumers_per_topic",
+                    "a failover workload measures acknowledgements only: set it to 0".into(),
+                ));
+            }
+            if rate == 0.0 || file.sequential || file.peer_max_rate_fraction.is_some() {
+                return Err(invalid(
+                    "producer_rate",
+                    "a failover workload sends at a fixed rate: give a positive msg/s".into(),
+                ));
+            }
         }
         let warmup =
             seconds(file.warmup_seconds, true).map_err(|m| invalid("warmup_seconds", m))?;
@@ -305,24 +535,42 @@ impl Workload {
 
         Ok(Self {
             name: file.name,
+            kind: file.kind,
             topics: file.topics,
             partitions_per_topic: file.partitions_per_topic,
-            message_size: file.message_size,
+            message_size,
             random_bytes_ratio: file.random_bytes_ratio,
             key_distributor: file.key_distributor,
-            producers_per_topic: file.producers_per_topic,
-            consumers_per_topic: file.consumers_per_topic,
-            producer_rate: (file.producer_rate > 0.0).then_some(file.producer_rate),
+            producers_per_topic: producers,
+            consumers_per_topic: consumers,
+            producer_rate: (rate > 0.0).then_some(rate),
             acks: file.acks,
             warmup,
             duration,
             rate_search: search,
+            replicas: file.replicas,
+            sequential: file.sequential,
+            peer_max_rate_fraction: file.peer_max_rate_fraction,
+            single_broker_baseline: file.single_broker_baseline,
+            nats_partitions: file.nats_partitions,
+            shardmq_retry_backoff_max: file.shardmq_retry_backoff_max_ms.map(Duration::from_millis),
         })
     }
 
     /// Producers over all topics.
     pub fn producers_total(&self) -> u32 {
         self.topics * self.producers_per_topic
+    }
+
+    /// Partitions over all topics.
+    pub fn partitions_total(&self) -> u64 {
+        u64::from(self.topics) * u64::from(self.partitions_per_topic)
+    }
+
+    /// Whether the max sustainable rate is searched (for every driver, or
+    /// for the peer alone with `peer_max_rate_fraction`).
+    pub fn searches_rate(&self) -> bool {
+        self.kind == WorkloadKind::Stream && self.producer_rate.is_none() && !self.sequential
     }
 }
 
@@ -440,6 +688,92 @@ mod tests {
         let bad = format!("{GOOD}\n[rate_search]\ntolerance = 1.5\n");
         let err = Workload::parse(&bad, "w").unwrap_err().to_string();
         assert!(err.contains("rate_search.tolerance"), "{err}");
+    }
+
+    #[test]
+    fn replicated_and_sequential_fields_are_read() {
+        let text = GOOD.replace("producer_rate = 1000", "producer_rate = 0")
+            + "replicas = 3\nsequential = true\n";
+        let w = Workload::parse(&text, "w").unwrap();
+        assert_eq!(w.replicas, 3);
+        assert!(w.sequential);
+        assert!(!w.searches_rate());
+        assert_eq!(w.kind, WorkloadKind::Stream);
+        assert_eq!(w.nats_partitions, NatsPartitions::Subjects);
+
+        let bad = [
+            ("replicas = 2\n", "replicas"),
+            ("sequential = true\n", "sequential"),
+            ("single_broker_baseline = true\n", "single_broker_baseline"),
+            ("peer_max_rate_fraction = 0.5\n", "peer_max_rate_fraction"),
+        ];
+        for (extra, field) in bad {
+            // Each is refused with the fixed rate of GOOD and one replica.
+            let err = Workload::parse(&format!("{GOOD}{extra}"), "w")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{extra}: {err}");
+        }
+        let half = GOOD.replace("producer_rate = 1000", "producer_rate = 0")
+            + "peer_max_rate_fraction = 0.5\nreplicas = 3\nsingle_broker_baseline = true\n";
+        let w = Workload::parse(&half, "w").unwrap();
+        assert_eq!(w.peer_max_rate_fraction, Some(0.5));
+        assert!(w.single_broker_baseline);
+        let over = half.replace(
+            "peer_max_rate_fraction = 0.5",
+            "peer_max_rate_fraction = 1.5",
+        );
+        let err = Workload::parse(&over, "w").unwrap_err().to_string();
+        assert!(err.contains("peer_max_rate_fraction"), "{err}");
+    }
+
+    #[test]
+    fn idle_workloads_send_nothing() {
+        let idle = r#"
+            name = "i"
+            kind = "idle"
+            topics = 10
+            partitions_per_topic = 1000
+            warmup_seconds = 1
+            duration_seconds = 2
+            replicas = 3
+            nats_partitions = "streams"
+        "#;
+        let w = Workload::parse(idle, "i").unwrap();
+        assert_eq!(w.kind, WorkloadKind::Idle);
+        assert_eq!(w.partitions_total(), 10_000);
+        assert_eq!(w.producers_per_topic, 0);
+        assert_eq!(w.nats_partitions, NatsPartitions::Streams);
+        let with_rate = format!("{idle}producer_rate = 5\n");
+        let err = Workload::parse(&with_rate, "i").unwrap_err().to_string();
+        assert!(err.contains("producer_rate"), "{err}");
+        // A stream workload needs what an idle one leaves out.
+        let stream = idle.replace("kind = \"idle\"", "");
+        let err = Workload::parse(&stream, "s").unwrap_err().to_string();
+        assert!(err.contains("message_size"), "{err}");
+    }
+
+    #[test]
+    fn failover_workloads_need_three_replicas_a_rate_and_no_consumers() {
+        let text = GOOD.replace("consumers_per_topic = 1", "consumers_per_topic = 0")
+            + "kind = \"failover\"\nreplicas = 3\n";
+        let w = Workload::parse(&text, "f").unwrap();
+        assert_eq!(w.kind, WorkloadKind::Failover);
+        let cases = [
+            (text.replace("replicas = 3", "replicas = 1"), "replicas"),
+            (
+                text.replace("consumers_per_topic = 0", "consumers_per_topic = 1"),
+                "consumers_per_topic",
+            ),
+            (
+                text.replace("producer_rate = 1000", "producer_rate = 0"),
+                "producer_rate",
+            ),
+        ];
+        for (bad, field) in cases {
+            let err = Workload::parse(&bad, "f").unwrap_err().to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
     }
 
     #[test]

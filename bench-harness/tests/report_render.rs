@@ -9,8 +9,8 @@ use std::path::Path;
 
 use shardmq_bench_harness::report::markdown::{self, cell};
 use shardmq_bench_harness::report::model::{
-    Comparison, DriverRun, LatencySummary, Machine, ProcessCpu, RateTrial, Report, Throughput,
-    TimelinePoint, REPORT_SCHEMA_VERSION, TABLE_QUANTILES,
+    Comparison, DriverRun, FailoverRun, IdleProcess, IdleRun, LatencySummary, Machine, ProcessCpu,
+    RateTrial, Report, Throughput, TimelinePoint, REPORT_SCHEMA_VERSION, TABLE_QUANTILES,
 };
 use shardmq_bench_harness::report::{self, format, index, svg};
 
@@ -71,6 +71,8 @@ fn run(driver: &str, mode: &str, repetition: u32, scale: f64) -> DriverRun {
         driver: driver.to_string(),
         mode: mode.to_string(),
         durability: format!("{driver} acknowledges after fsync of the leader's log"),
+        replication_factor: 1,
+        servers: 1,
         repetition,
         config,
         target_rate: if repetition == 1 {
@@ -136,6 +138,7 @@ fn sample_report(with_comparison: bool) -> Report {
         command: "shardmq-bench run --workload workloads/e2e-small.toml --peer nats".to_string(),
         commit: "beb8ad1-dirty".to_string(),
         started_at: "2026-12-01T10:11:12Z".to_string(),
+        load_at_start: "0.52 0.61 0.70 2/345 6789".to_string(),
         machine: Machine {
             cpu_model: "AMD EPYC 7B13".to_string(),
             cores: 2,
@@ -156,8 +159,13 @@ fn sample_report(with_comparison: bool) -> Report {
             publish_p50_ratio: 0.4117,
             publish_p99_ratio: 0.3871,
             publish_p999_ratio: 0.5123,
+            end_to_end_p50_ratio: 0.0,
+            server_cpu_per_gb_ratio: 0.0,
+            baseline_third_ratio: None,
             headline: "shardmq 1.62x NATS JetStream throughput, p99 0.39x".to_string(),
         }),
+        idle: Vec::new(),
+        failover: Vec::new(),
     }
 }
 
@@ -998,6 +1006,128 @@ mod report_dir {
         assert_eq!(dir_again, dir);
         let md = fs::read_to_string(dir.join(markdown::REPORT_MD)).expect("report.md");
         assert!(md.contains("`0123abc`"));
+    }
+
+    fn failover(driver: &str, mode: &str, scale: f64) -> FailoverRun {
+        let first_ack_ms: Vec<f64> = (1..=6)
+            .map(|i| 1000.0 * scale + 37.5 * f64::from(i))
+            .collect();
+        FailoverRun {
+            driver: driver.to_string(),
+            mode: mode.to_string(),
+            durability: format!("{driver} acknowledges after a majority has it"),
+            replication_factor: 3,
+            partitions: 16,
+            rate: 4000.0,
+            per_partition_interval_ms: 4.0,
+            killed: format!("{driver} server 2"),
+            killed_led_partitions: 6,
+            leaders_before: [
+                ("a".to_string(), 5),
+                ("b".to_string(), 6),
+                ("c".to_string(), 5),
+            ]
+            .into_iter()
+            .collect(),
+            first_ack_p50_ms: first_ack_ms[2],
+            first_ack_max_ms: first_ack_ms[5],
+            first_ack_ms,
+            unrecovered_partitions: 0,
+            elected_ms: vec![900.0 * scale],
+            elected_p50_ms: 900.0 * scale,
+            elected_max_ms: 900.0 * scale,
+            elected_poll_ms: 100.0,
+            others_first_ack_p50_ms: 3.25,
+            others_first_ack_max_ms: 9.5,
+            errors: 17,
+            first_error: Some("connection lost | reset".to_string()),
+            election_timeout: "1,000 ms".to_string(),
+            election_timeout_ms: 1000.0,
+            timeline: (1..=200)
+                .map(|i| TimelinePoint {
+                    t: f64::from(i) * 0.1,
+                    produce_msg_per_s: if (100..120).contains(&i) { 0.0 } else { 4000.0 },
+                    consume_msg_per_s: 0.0,
+                    backlog: 0,
+                })
+                .collect(),
+            kill_at_s: 10.02,
+            config: [("acks".to_string(), "all".to_string())]
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn idle_and_failover_reports_have_their_own_sections_and_plots() {
+        let tmp = tempfile::TempDir::new().expect("tempdir");
+        let mut report = sample_report(false);
+        report.runs.clear();
+        report.workload = "failover-small".to_string();
+        report.failover = vec![
+            failover("shardmq", "RF3 acks=all", 1.0),
+            failover("nats-jetstream", "R3 file", 2.5),
+        ];
+        let dir = report::write_report_dir(&report, tmp.path()).expect("write");
+        let md = fs::read_to_string(dir.join(markdown::REPORT_MD)).expect("report.md");
+        assert!(md.contains(markdown::FAILOVER_SECTION), "{md}");
+        assert!(!md.contains(markdown::THROUGHPUT_SECTION));
+        assert!(md.contains("| Peer | nats-jetstream |"), "{md}");
+        for f in &report.failover {
+            assert!(md.contains(&f.durability));
+            assert!(md.contains(&format::fixed(f.first_ack_p50_ms, 1)));
+            assert!(md.contains(&cell(f.first_error.as_deref().unwrap())));
+        }
+        for name in [svg::FAILOVER_TIMELINE_SVG, svg::FAILOVER_TIMES_SVG] {
+            let text = fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let root = parse_xml(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(series(&root).len(), 2, "{name}");
+            assert!(md.contains(&format!("]({name})")), "report.md links {name}");
+        }
+        assert!(!dir.join(svg::THROUGHPUT_SVG).exists());
+        let headline = index::headline(&report);
+        let expected = format!(
+            "first ack on the new leader p50 {} ms",
+            format::fixed(report.failover[0].first_ack_p50_ms, 0)
+        );
+        assert!(headline.contains(&expected), "{headline}");
+
+        let mut idle_report = sample_report(false);
+        idle_report.runs.clear();
+        idle_report.idle = vec![IdleRun {
+            driver: "shardmq".to_string(),
+            mode: "RF3 acks=all".to_string(),
+            replication_factor: 3,
+            partitions: 10_000,
+            raft_groups: 10_000,
+            setup_seconds: 42.5,
+            settle_seconds: 30.0,
+            seconds: 60.01,
+            processes: (1..=3)
+                .map(|i| IdleProcess {
+                    name: format!("shardmq-broker {i}"),
+                    cpu_percent_of_core: 1.25 * f64::from(i),
+                    cpu_seconds: 0.75 * f64::from(i),
+                    rss_bytes_end: 100 << 20,
+                    rss_bytes_max: 101 << 20,
+                })
+                .collect(),
+            harness_cpu_percent_of_core: 0.02,
+            config: BTreeMap::new(),
+        }];
+        let md = markdown::render_markdown(&idle_report);
+        assert!(md.contains(markdown::IDLE_SECTION));
+        assert!(
+            md.contains(
+                "| shardmq RF3 acks=all | shardmq-broker 3 | 3.75 | 2.25 | 100.0 MiB | 101.0 MiB |"
+            ),
+            "{md}"
+        );
+        let headline = index::headline(&idle_report);
+        assert!(
+            headline.contains("10,000 idle partitions, CPU 1.25% / 2.50% / 3.75% of a core"),
+            "{headline}"
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! `shardmq-bench` against a real broker: the `run` command (with a short
+//! `shardmq-bench` against real brokers: the `run` command (with a short
 //! max-rate search) writes a report whose figures are real, the `e2e`
-//! command keeps its output lines, and a bad workload fails with the field
-//! named. The broker is built beside this crate's binary and started on
-//! 127.0.0.1 by the harness's own process code.
+//! command keeps its output lines, a bad workload fails with the field
+//! named, and idle and failover runs on a 3-broker cluster report every
+//! broker and every partition the killed one led. The broker is built
+//! beside this crate's binary and started on 127.0.0.1 by the harness's
+//! own process code.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -267,4 +269,120 @@ fn a_bad_workload_names_the_field() {
     let stderr = text(&output.stderr);
     assert!(stderr.contains("field `message_size`"), "{stderr}");
     assert!(stderr.contains("bad.toml"), "{stderr}");
+}
+
+/// Writes `toml` as a workload file in `dir` and runs it against brokers
+/// the harness starts from `broker`; the parsed report.
+fn run_workload_file(broker: &Path, dir: &Path, name: &str, toml: &str) -> Report {
+    let workload = dir.join(format!("{name}.toml"));
+    std::fs::write(&workload, toml).unwrap();
+    let out = dir.join("reports");
+    let data = dir.join("data");
+    let output = bench(&[
+        "run",
+        "--workload",
+        workload.to_str().unwrap(),
+        "--broker-bin",
+        broker.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert!(
+        output.status.success(),
+        "run failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let report_dir = out.join(
+        std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .find(|n| n.to_string_lossy().ends_with(&format!("-{name}")))
+            .expect("a report directory"),
+    );
+    assert!(report_dir.join("report.md").is_file());
+    // Every broker and its data are gone.
+    let left: Vec<_> = std::fs::read_dir(&data).unwrap().collect();
+    assert!(left.is_empty(), "left in the data directory: {left:?}");
+    let json = std::fs::read_to_string(report_dir.join("report.json")).unwrap();
+    serde_json::from_str(&json).unwrap()
+}
+
+#[test]
+fn an_idle_replicated_run_measures_every_broker() {
+    let broker = broker_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let report = run_workload_file(
+        &broker,
+        dir.path(),
+        "tiny-idle-rf3",
+        r#"
+name = "tiny-idle-rf3"
+kind = "idle"
+topics = 2
+partitions_per_topic = 3
+warmup_seconds = 0
+duration_seconds = 1
+replicas = 3
+"#,
+    );
+    assert!(report.runs.is_empty());
+    assert_eq!(report.idle.len(), 1);
+    let idle = &report.idle[0];
+    assert_eq!(
+        (
+            idle.driver.as_str(),
+            idle.replication_factor,
+            idle.partitions
+        ),
+        ("shardmq", 3, 6)
+    );
+    let names: Vec<&str> = idle.processes.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["shardmq-broker 1", "shardmq-broker 2", "shardmq-broker 3"]
+    );
+    for p in &idle.processes {
+        assert!(p.cpu_percent_of_core.is_finite() && p.cpu_percent_of_core >= 0.0);
+        assert!(p.rss_bytes_end > 0 && p.rss_bytes_max >= p.rss_bytes_end);
+    }
+}
+
+#[test]
+fn a_failover_run_kills_the_busiest_leader_and_accounts_for_its_partitions() {
+    let broker = broker_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let report = run_workload_file(
+        &broker,
+        dir.path(),
+        "tiny-failover-rf3",
+        r#"
+name = "tiny-failover-rf3"
+kind = "failover"
+topics = 1
+partitions_per_topic = 4
+message_size = 64
+producers_per_topic = 1
+consumers_per_topic = 0
+producer_rate = 200
+warmup_seconds = 2
+duration_seconds = 15
+replicas = 3
+"#,
+    );
+    assert_eq!(report.failover.len(), 1);
+    let f = &report.failover[0];
+    assert_eq!((f.replication_factor, f.partitions), (3, 4));
+    // Four partitions over three brokers: the busiest leads at least two.
+    assert!(f.killed_led_partitions >= 2, "{f:?}");
+    assert_eq!(
+        f.first_ack_ms.len() as u32 + f.unrecovered_partitions,
+        f.killed_led_partitions
+    );
+    assert!(f.first_ack_ms.windows(2).all(|w| w[0] <= w[1]));
+    assert_eq!(f.leaders_before.values().sum::<u32>(), 4);
+    assert!(f.leaders_before.contains_key(&f.killed));
+    assert!(!f.timeline.is_empty());
+    assert!(f.election_timeout_ms > 0.0);
 }

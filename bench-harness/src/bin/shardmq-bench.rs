@@ -1,9 +1,12 @@
 //! `shardmq-bench`: the whole-system benchmark.
 //!
 //! * `run`: an OpenMessaging-Benchmark-style workload file against shardmq
-//!   (a local broker it starts, or `--bootstrap`) and, with `--peer nats`,
-//!   against a local `nats-server -js` in the same run; prints a summary
-//!   table and the ratio, and writes `perf-reports/<date>-<workload>/`.
+//!   (a local broker it starts, a 3-broker cluster with `replicas = 3`, or
+//!   `--bootstrap`) and, with `--peer nats`, against a local `nats-server
+//!   -js` (a 3-node cluster with `replicas = 3`) in the same run; prints a
+//!   summary table and the ratio, and writes
+//!   `perf-reports/<date>-<workload>/`. Idle workloads measure the servers
+//!   at rest, failover workloads a SIGKILL of the busiest leader.
 //! * `produce`: K producers send fixed-size records round-robin over the
 //!   topic's partitions and record the publish latency (enqueue to ack).
 //! * `consume`: one consumer reads every partition from the earliest offset
@@ -102,7 +105,14 @@ enum Cmd {
     /// beside this one, a temporary data directory, ports on 127.0.0.1);
     /// with --peer nats also against a nats-server -js it starts,
     /// alternating shardmq acks=all, shardmq acks=leader and NATS
-    /// JetStream, each on fresh topics. Fixed-rate producers send each
+    /// JetStream, each on fresh topics. A workload with replicas = 3 runs
+    /// shardmq on a 3-broker cluster (one shard each, static peers, topics
+    /// of replication factor 3, the workload's acks) and NATS on a 3-node
+    /// JetStream cluster (streams of 3 replicas); each side's servers run
+    /// only for its own runs. kind = "idle" creates the topics, sends
+    /// nothing and measures each server's CPU and memory; kind =
+    /// "failover" kills the busiest leader while producing and measures
+    /// each of its partitions' time to a new leader's acknowledgement. Fixed-rate producers send each
     /// record at its intended time and latency is measured from that time.
     /// A workload with producer_rate = 0 first searches each driver's max
     /// sustainable rate (short trials, doubling then bisecting). Prints a
@@ -170,6 +180,10 @@ struct RunArgs {
     /// Override the workload's measured duration, in seconds.
     #[arg(long, value_name = "S")]
     duration: Option<f64>,
+    /// Keep the servers' log files (beside their data directories, which
+    /// are removed) and say where they are.
+    #[arg(long)]
+    keep_logs: bool,
 }
 
 /// Load against a running broker.
@@ -320,6 +334,9 @@ async fn main() -> ExitCode {
 /// `run`: the workload against shardmq (and the peer); stops on Ctrl-C or
 /// SIGTERM, stopping the servers it started.
 async fn run_workload(args: RunArgs) -> Result<(), BoxError> {
+    if args.keep_logs {
+        shardmq_bench_harness::procs::keep_logs();
+    }
     let options = RunOptions {
         workload: args.workload,
         peer: args.peer.map(|PeerArg::Nats| Peer::Nats),

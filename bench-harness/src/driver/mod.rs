@@ -65,6 +65,11 @@ pub trait Driver: Send + Sync + fmt::Debug {
     fn durability(&self) -> String;
     /// Server version, flags and settings that shape the figures.
     fn config(&self) -> BTreeMap<String, String>;
+    /// Replicas of every partition (stream) it creates.
+    fn replication_factor(&self) -> u32;
+    /// The Raft election timeout of its servers, in words, and its lower
+    /// bound in ms (0 when not known): the reference of a failover.
+    fn election_timeout(&self) -> (String, f64);
     /// Creates a topic (and whatever consumers need to share it).
     fn create_topic<'a>(
         &'a self,
@@ -73,6 +78,20 @@ pub trait Driver: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, DriverResult<()>>;
     /// Deletes a topic and its data, after a run.
     fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, DriverResult<()>>;
+    /// The server leading each partition of `topic`, by the id the
+    /// servers use for one another (`None`: no leader known), asking only
+    /// the servers `live` (ids; the others are down).
+    fn leaders<'a>(
+        &'a self,
+        topic: &'a str,
+        partitions: u32,
+        live: &'a [String],
+    ) -> BoxFuture<'a, DriverResult<Vec<Option<String>>>>;
+    /// Whether [`leaders`](Self::leaders) is cheap enough to poll every
+    /// 100 ms during a failover (a request per server, not per partition).
+    fn leaders_poll_is_cheap(&self) -> bool {
+        false
+    }
     /// A producer of `topic`, with its own connections.
     fn create_producer<'a>(
         &'a self,
@@ -96,6 +115,9 @@ pub trait BenchProducer: Send {
     /// (the actual send time), with a future that resolves at its
     /// acknowledgement. Waits when the client's queues are full.
     fn send(&mut self, key: Option<Bytes>, value: Bytes) -> BoxFuture<'_, DriverResult<AckFuture>>;
+    /// [`send`](Self::send) to partition `partition` (below the topic's
+    /// partition count).
+    fn send_to(&mut self, partition: u32, value: Bytes) -> BoxFuture<'_, DriverResult<AckFuture>>;
     /// Sends what is queued and waits for its outcome.
     fn close(self: Box<Self>) -> BoxFuture<'static, ()>;
 }
@@ -106,6 +128,11 @@ pub trait BenchConsumer: Send {
     /// when none came).
     fn poll(&mut self, max_wait: Duration) -> BoxFuture<'_, DriverResult<Vec<Bytes>>>;
 }
+
+/// At most this many requests of one bulk operation (creating or deleting
+/// the streams of many partitions, asking for their leaders) are in flight
+/// at once.
+pub const BULK_IN_FLIGHT_MAX: usize = 32;
 
 /// Partition of a key, as Kafka's default partitioner picks it.
 pub fn key_partition(key: &[u8], partitions: u32) -> u32 {

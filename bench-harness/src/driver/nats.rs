@@ -1,12 +1,21 @@
 //! The NATS JetStream driver, through the `async-nats` crate.
 //!
-//! A topic is one stream with file storage and one replica (R1); its
-//! partitions become the subjects `<stream>.0`, `<stream>.1`, ... (JetStream
-//! has no partitions; the subject a record goes to follows the workload's
-//! key distribution as a partition would). Producers publish with ack
-//! (`jetstream.publish`, then the ack future). Consumers share one durable
-//! pull consumer per stream with no acknowledgements (`AckPolicy::None`),
-//! which is what a log consumer that tracks its own position costs.
+//! Streams use file storage and one replica (R1) or, against a cluster,
+//! three (R3). JetStream has no partitions; a topic's partitions map onto
+//! it one of two ways ([`NatsPartitions`]):
+//! - subjects (the default): a topic is one stream and its partitions the
+//!   subjects `<stream>.0`, `<stream>.1`, ... (one Raft group per topic);
+//! - streams: partition p is the stream `<topic>_p<p>` with the subject
+//!   `<topic>_p<p>.0` (one Raft group per partition, as shardmq has).
+//!
+//! The subject a record goes to follows the workload's key distribution as
+//! a partition would. Producers publish with ack (`jetstream.publish`, then
+//! the ack future). Consumers share one durable pull consumer per stream
+//! with no acknowledgements (`AckPolicy::None`), which is what a log
+//! consumer that tracks its own position costs; with a stream per
+//! partition there are no consumers (the workloads that use it only
+//! produce). Each connection goes to one of the servers given, picked at
+//! random by the client.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,11 +24,13 @@ use async_nats::jetstream::{self, consumer, stream};
 use async_nats::Subject;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 
 use super::{
     key_partition, AckFuture, BenchConsumer, BenchProducer, Driver, DriverError, DriverResult,
+    BULK_IN_FLIGHT_MAX,
 };
+use crate::workload::NatsPartitions;
 
 const NAME: &str = "nats-jetstream";
 
@@ -43,29 +54,91 @@ pub const DURABILITY: &str = "nats-server acknowledges a publish once the messag
      (sync_interval, 2 minutes by default in nats-server 2.9), so a crash of the machine can \
      lose acknowledged messages";
 
-/// NATS JetStream at one server.
+/// What nats-server 2.9 promises with three replicas, for the report.
+pub const DURABILITY_R3: &str = "nats-server acknowledges a publish once the stream's Raft \
+     group committed it: written to the file stores of a majority of its 3 replicas (2 of 3 \
+     servers), before fsync; the stores are synced in the background (sync_interval, 2 minutes \
+     by default in nats-server 2.9), so an acknowledged message survives the loss of any one \
+     server, but a crash of the machine can lose acknowledged messages";
+
+/// What the report says of nats-server's election timeout: its Raft
+/// layer's own, which the command line does not set.
+pub const ELECTION_TIMEOUT: &str =
+    "nats-server's built-in Raft election timeout (not set on its command line)";
+
+/// How a [`NatsDriver`] reaches its servers and what it creates.
+#[derive(Debug, Clone)]
+pub struct NatsTarget {
+    /// `nats://HOST:PORT` of every server.
+    pub urls: Vec<String>,
+    /// Replicas of every stream (1 or 3).
+    pub replicas: u32,
+    /// How partitions map onto streams.
+    pub partitions: NatsPartitions,
+    /// Facts about the servers to disclose.
+    pub server_config: BTreeMap<String, String>,
+}
+
+/// NATS JetStream at one server or a cluster.
 #[derive(Debug)]
 pub struct NatsDriver {
-    url: String,
+    urls: Vec<String>,
+    replicas: u32,
+    partitions: NatsPartitions,
     server_config: BTreeMap<String, String>,
 }
 
 impl NatsDriver {
-    /// A driver for the server at `url` (`nats://HOST:PORT`).
-    /// `server_config` is copied into every run's `config`.
+    /// A driver for the server at `url` (`nats://HOST:PORT`), R1 streams,
+    /// a subject per partition. `server_config` is copied into every run's
+    /// `config`.
     pub fn new(url: &str, server_config: BTreeMap<String, String>) -> Self {
-        Self {
-            url: url.to_owned(),
+        Self::with_target(NatsTarget {
+            urls: vec![url.to_owned()],
+            replicas: 1,
+            partitions: NatsPartitions::Subjects,
             server_config,
+        })
+    }
+
+    /// A driver for `target`.
+    pub fn with_target(target: NatsTarget) -> Self {
+        Self {
+            urls: target.urls,
+            replicas: target.replicas.max(1),
+            partitions: target.partitions,
+            server_config: target.server_config,
         }
     }
 
     async fn connect(&self) -> DriverResult<async_nats::Client> {
         async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(5))
-            .connect(self.url.as_str())
+            .connect(self.urls.as_slice())
             .await
             .map_err(|e| DriverError::new(NAME, "connect", e))
+    }
+
+    /// The streams of `topic`: one, or one per partition.
+    fn streams(&self, topic: &str, partitions: u32) -> Vec<String> {
+        let name = stream_name(topic);
+        match self.partitions {
+            NatsPartitions::Subjects => vec![name],
+            NatsPartitions::Streams => (0..partitions.max(1))
+                .map(|p| format!("{name}_p{p}"))
+                .collect(),
+        }
+    }
+
+    /// The subject of each partition of `topic`.
+    fn subjects(&self, topic: &str, partitions: u32) -> Vec<Subject> {
+        let name = stream_name(topic);
+        (0..partitions.max(1))
+            .map(|p| match self.partitions {
+                NatsPartitions::Subjects => Subject::from(format!("{name}.{p}")),
+                NatsPartitions::Streams => Subject::from(format!("{name}_p{p}.0")),
+            })
+            .collect()
     }
 
     async fn context(&self) -> DriverResult<jetstream::Context> {
@@ -98,17 +171,21 @@ impl Driver for NatsDriver {
     }
 
     fn mode(&self) -> String {
-        "R1 file".to_owned()
+        format!("R{} file", self.replicas)
     }
 
     fn durability(&self) -> String {
-        DURABILITY.to_owned()
+        if self.replicas > 1 {
+            DURABILITY_R3.to_owned()
+        } else {
+            DURABILITY.to_owned()
+        }
     }
 
     fn config(&self) -> BTreeMap<String, String> {
         let mut config = self.server_config.clone();
         config.insert("storage".into(), "file".into());
-        config.insert("replicas".into(), "1".into());
+        config.insert("replicas".into(), self.replicas.to_string());
         config.insert("publish".into(), "with ack (async)".into());
         config.insert(
             "client.max_ack_inflight".into(),
@@ -118,39 +195,74 @@ impl Driver for NatsDriver {
             "consumer".into(),
             format!("durable pull, ack none, batch {PULL_BATCH}"),
         );
-        config.insert("partitions".into(), "one subject per partition".into());
+        config.insert(
+            "partitions".into(),
+            match self.partitions {
+                NatsPartitions::Subjects => "one subject per partition (one stream per topic)",
+                NatsPartitions::Streams => "one stream per partition",
+            }
+            .into(),
+        );
         config.insert("client".into(), "async-nats".into());
+        config.insert(
+            "client.servers".into(),
+            format!(
+                "{} server(s), one picked at random per connection",
+                self.urls.len()
+            ),
+        );
         config
+    }
+
+    fn replication_factor(&self) -> u32 {
+        self.replicas
+    }
+
+    fn election_timeout(&self) -> (String, f64) {
+        (ELECTION_TIMEOUT.to_owned(), 0.0)
     }
 
     fn create_topic<'a>(
         &'a self,
         topic: &'a str,
-        _partitions: u32,
+        partitions: u32,
     ) -> BoxFuture<'a, DriverResult<()>> {
         async move {
             let context = self.context().await?;
-            let name = stream_name(topic);
-            let stream = context
-                .create_stream(stream::Config {
-                    name: name.clone(),
-                    subjects: vec![format!("{name}.*")],
-                    storage: stream::StorageType::File,
-                    num_replicas: 1,
-                    ..Default::default()
+            let with_consumer = self.partitions == NatsPartitions::Subjects;
+            let replicas = self.replicas as usize;
+            let context = &context;
+            futures_util::stream::iter(self.streams(topic, partitions).into_iter().map(Ok))
+                .try_for_each_concurrent(BULK_IN_FLIGHT_MAX, |name| async move {
+                    let subjects = if with_consumer {
+                        vec![format!("{name}.*")]
+                    } else {
+                        vec![format!("{name}.0")]
+                    };
+                    let stream = context
+                        .create_stream(stream::Config {
+                            name: name.clone(),
+                            subjects,
+                            storage: stream::StorageType::File,
+                            num_replicas: replicas,
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(|e| DriverError::new(NAME, "create stream", e))?;
+                    if with_consumer {
+                        stream
+                            .create_consumer(consumer::pull::Config {
+                                durable_name: Some(CONSUMER_NAME.to_owned()),
+                                ack_policy: consumer::AckPolicy::None,
+                                deliver_policy: consumer::DeliverPolicy::All,
+                                ..Default::default()
+                            })
+                            .await
+                            .map_err(|e| DriverError::new(NAME, "create consumer", e))?;
+                    }
+                    Ok(())
                 })
                 .await
-                .map_err(|e| DriverError::new(NAME, "create stream", e))?;
-            stream
-                .create_consumer(consumer::pull::Config {
-                    durable_name: Some(CONSUMER_NAME.to_owned()),
-                    ack_policy: consumer::AckPolicy::None,
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| DriverError::new(NAME, "create consumer", e))?;
-            Ok(())
         }
         .boxed()
     }
@@ -158,11 +270,65 @@ impl Driver for NatsDriver {
     fn delete_topic<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, DriverResult<()>> {
         async move {
             let context = self.context().await?;
-            context
-                .delete_stream(stream_name(topic))
+            let context = &context;
+            // The partition count is not known here: delete the topic's
+            // stream, or every stream named after it.
+            let names: Vec<String> = match self.partitions {
+                NatsPartitions::Subjects => vec![stream_name(topic)],
+                NatsPartitions::Streams => {
+                    let prefix = format!("{}_p", stream_name(topic));
+                    context
+                        .stream_names()
+                        .try_filter(|n| std::future::ready(n.starts_with(&prefix)))
+                        .try_collect()
+                        .await
+                        .map_err(|e| DriverError::new(NAME, "list streams", e))?
+                }
+            };
+            futures_util::stream::iter(names.into_iter().map(Ok))
+                .try_for_each_concurrent(BULK_IN_FLIGHT_MAX, |name| async move {
+                    context
+                        .delete_stream(name)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| DriverError::new(NAME, "delete stream", e))
+                })
                 .await
-                .map_err(|e| DriverError::new(NAME, "delete stream", e))?;
-            Ok(())
+        }
+        .boxed()
+    }
+
+    fn leaders<'a>(
+        &'a self,
+        topic: &'a str,
+        partitions: u32,
+        _live: &'a [String],
+    ) -> BoxFuture<'a, DriverResult<Vec<Option<String>>>> {
+        async move {
+            let context = self.context().await?;
+            let context = &context;
+            let streams = self.streams(topic, partitions);
+            let leaders: Vec<Option<String>> = futures_util::stream::iter(streams)
+                .map(|name| async move {
+                    let mut stream = context
+                        .get_stream(&name)
+                        .await
+                        .map_err(|e| DriverError::new(NAME, "get stream", e))?;
+                    let info = stream
+                        .info()
+                        .await
+                        .map_err(|e| DriverError::new(NAME, "stream info", e))?;
+                    Ok::<_, DriverError>(info.cluster.as_ref().and_then(|c| c.leader.clone()))
+                })
+                .buffered(BULK_IN_FLIGHT_MAX)
+                .try_collect()
+                .await?;
+            Ok(match self.partitions {
+                NatsPartitions::Subjects => {
+                    vec![leaders.into_iter().next().flatten(); partitions as usize]
+                }
+                NatsPartitions::Streams => leaders,
+            })
         }
         .boxed()
     }
@@ -174,10 +340,7 @@ impl Driver for NatsDriver {
     ) -> BoxFuture<'a, DriverResult<Box<dyn BenchProducer>>> {
         async move {
             let context = self.context().await?;
-            let name = stream_name(topic);
-            let subjects = (0..partitions.max(1))
-                .map(|p| Subject::from(format!("{name}.{p}")))
-                .collect();
+            let subjects = self.subjects(topic, partitions);
             Ok(Box::new(NatsProducer {
                 context,
                 subjects,
@@ -195,6 +358,13 @@ impl Driver for NatsDriver {
         _count: u32,
     ) -> BoxFuture<'a, DriverResult<Box<dyn BenchConsumer>>> {
         async move {
+            if self.partitions == NatsPartitions::Streams {
+                return Err(DriverError::new(
+                    NAME,
+                    "create consumer",
+                    "a stream per partition is for producing only (nats_partitions = \"streams\")",
+                ));
+            }
             // Every bench consumer pulls from the one durable consumer, which
             // hands each message to one of them.
             let context = self.context().await?;
@@ -220,7 +390,7 @@ impl Driver for NatsDriver {
     }
 }
 
-/// One connection publishing to one stream.
+/// One connection publishing to the stream (or streams) of one topic.
 #[derive(Debug)]
 struct NatsProducer {
     context: jetstream::Context,
@@ -240,6 +410,26 @@ impl BenchProducer for NatsProducer {
                 i
             }
         };
+        self.publish(index, value)
+    }
+
+    fn send_to(&mut self, partition: u32, value: Bytes) -> BoxFuture<'_, DriverResult<AckFuture>> {
+        let index = partition as usize % self.subjects.len();
+        self.publish(index, value)
+    }
+
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
+        async move {
+            // Pending acks were awaited by the runner; flush what is left.
+            let _ = self.context.client().flush().await;
+        }
+        .boxed()
+    }
+}
+
+impl NatsProducer {
+    /// Publishes `value` to the subject of partition `index`.
+    fn publish(&mut self, index: usize, value: Bytes) -> BoxFuture<'_, DriverResult<AckFuture>> {
         let subject = self.subjects[index].clone();
         async move {
             let ack = self
@@ -254,14 +444,6 @@ impl BenchProducer for NatsProducer {
             }
             .boxed();
             Ok(ack)
-        }
-        .boxed()
-    }
-
-    fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
-        async move {
-            // Pending acks were awaited by the runner; flush what is left.
-            let _ = self.context.client().flush().await;
         }
         .boxed()
     }

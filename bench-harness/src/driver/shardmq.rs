@@ -8,7 +8,7 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use shardmq_client::{
     Acks, Admin, ClientConfig, Consumer, ConsumerConfig, ErrorCode, Partitioner, Producer,
-    ProducerConfig, ProducerRecord, SeekTo,
+    ProducerConfig, ProducerRecord, ReplicaRole, SeekTo,
 };
 
 use super::{AckFuture, BenchConsumer, BenchProducer, Driver, DriverError, DriverResult};
@@ -29,24 +29,90 @@ pub const DURABILITY_ACKS_ALL: &str = "Acknowledged after the batch is committed
 pub const DURABILITY_ACKS_LEADER: &str = "Acknowledged after the leader appended \
      the batch, before the fdatasync; a crash of the machine can lose the last acknowledged \
      records (the same class of guarantee as nats-server's default)";
+/// What acks=all promises with three replicas, for the report.
+pub const DURABILITY_ACKS_ALL_RF3: &str = "Acknowledged after the batch is committed: \
+     made durable (fdatasync of each one's shard log) by a majority of its 3 replicas, each on \
+     its own broker; an acknowledged record survives the loss of any one broker and a crash of \
+     the machine";
+/// What acks=leader promises with three replicas, for the report.
+pub const DURABILITY_ACKS_LEADER_RF3: &str = "Acknowledged after the leader appended \
+     the batch, before its fdatasync and before any follower has it; a crash of the leader can \
+     lose the last acknowledged records";
+
+/// The election timeout of shardmq's Raft groups at the broker's defaults
+/// (`[raft] election_ticks = 10`, `tick_ms = 100`; raft-rs randomises each
+/// follower's timeout in [election_ticks, 2 x election_ticks) ticks).
+pub const ELECTION_TIMEOUT: &str =
+    "10 ticks x 100 ms = 1,000 ms, randomised up to 2,000 ms (broker defaults)";
+/// Its lower bound, ms.
+pub const ELECTION_TIMEOUT_MS: f64 = 1_000.0;
+
+/// How a [`ShardmqDriver`] reaches its brokers and what it creates.
+#[derive(Debug, Clone)]
+pub struct ShardmqTarget {
+    /// Client addresses of the brokers (any one that answers will do).
+    pub bootstrap: Vec<String>,
+    /// Replicas of each partition of the topics it creates.
+    pub replication_factor: u32,
+    /// Name the replication factor in the mode ("RF3 acks=all"), for runs
+    /// beside a run of another replication factor.
+    pub show_replication: bool,
+    /// Facts about the servers to disclose (shards, binary, ...).
+    pub server_config: BTreeMap<String, String>,
+    /// The producer's longest wait between retries of a batch; `None`:
+    /// the SDK's default.
+    pub retry_backoff_max: Option<Duration>,
+}
 
 /// shardmq through the SDK, at one acknowledgement level.
 #[derive(Debug)]
 pub struct ShardmqDriver {
     client: ClientConfig,
     acks: Acks,
-    /// Facts about the server to disclose (shards, binary, ...).
+    replication_factor: u32,
+    show_replication: bool,
     server_config: BTreeMap<String, String>,
+    producer: ProducerConfig,
 }
 
 impl ShardmqDriver {
-    /// A driver for the broker at `bootstrap`, producing with `acks`.
-    /// `server_config` is copied into every run's `config`.
+    /// A driver for the broker at `bootstrap`, producing with `acks`, on
+    /// topics of one replica. `server_config` is copied into every run's
+    /// `config`.
     pub fn new(bootstrap: &str, acks: Acks, server_config: BTreeMap<String, String>) -> Self {
-        Self {
-            client: ClientConfig::new([bootstrap.to_owned()]),
+        Self::with_target(
+            ShardmqTarget {
+                bootstrap: vec![bootstrap.to_owned()],
+                replication_factor: 1,
+                show_replication: false,
+                server_config,
+                retry_backoff_max: None,
+            },
             acks,
-            server_config,
+        )
+    }
+
+    /// A driver for `target`, producing with `acks`.
+    pub fn with_target(target: ShardmqTarget, acks: Acks) -> Self {
+        let mut producer = ProducerConfig {
+            acks,
+            // Keyed records go by key hash; records without a key go
+            // round-robin either way.
+            partitioner: Partitioner::KeyHash,
+            linger: LINGER,
+            ..ProducerConfig::default()
+        };
+        if let Some(max) = target.retry_backoff_max {
+            producer.retry_backoff_max = max;
+            producer.retry_backoff = producer.retry_backoff.min(max);
+        }
+        Self {
+            client: ClientConfig::new(target.bootstrap),
+            acks,
+            replication_factor: target.replication_factor.max(1),
+            show_replication: target.show_replication,
+            server_config: target.server_config,
+            producer,
         }
     }
 
@@ -69,12 +135,23 @@ impl Driver for ShardmqDriver {
     }
 
     fn mode(&self) -> String {
-        format!("acks={}", acks_name(self.acks))
+        if self.show_replication {
+            format!(
+                "RF{} acks={}",
+                self.replication_factor,
+                acks_name(self.acks)
+            )
+        } else {
+            format!("acks={}", acks_name(self.acks))
+        }
     }
 
     fn durability(&self) -> String {
+        let replicated = self.replication_factor > 1;
         match self.acks {
+            Acks::All if replicated => DURABILITY_ACKS_ALL_RF3.to_owned(),
             Acks::All => DURABILITY_ACKS_ALL.to_owned(),
+            Acks::Leader if replicated => DURABILITY_ACKS_LEADER_RF3.to_owned(),
             Acks::Leader => DURABILITY_ACKS_LEADER.to_owned(),
             Acks::None => "No acknowledgement: a record counts as sent once written \
                            to the socket"
@@ -83,10 +160,13 @@ impl Driver for ShardmqDriver {
     }
 
     fn config(&self) -> BTreeMap<String, String> {
-        let defaults = ProducerConfig::default();
+        let defaults = &self.producer;
         let mut config = self.server_config.clone();
         config.insert("acks".into(), acks_name(self.acks).into());
-        config.insert("replication_factor".into(), "1".into());
+        config.insert(
+            "replication_factor".into(),
+            self.replication_factor.to_string(),
+        );
         config.insert("producer.linger_ms".into(), LINGER.as_millis().to_string());
         config.insert(
             "producer.batch_bytes_max".into(),
@@ -96,8 +176,91 @@ impl Driver for ShardmqDriver {
             "producer.in_flight_per_partition".into(),
             defaults.in_flight_per_partition.to_string(),
         );
+        config.insert(
+            "producer.retry_backoff_ms".into(),
+            defaults.retry_backoff.as_millis().to_string(),
+        );
+        config.insert(
+            "producer.retry_backoff_max_ms".into(),
+            defaults.retry_backoff_max.as_millis().to_string(),
+        );
+        config.insert(
+            "producer.delivery_timeout_ms".into(),
+            defaults.delivery_timeout.as_millis().to_string(),
+        );
         config.insert("client".into(), "shardmq-client (SDK)".into());
+        config.insert(
+            "client.bootstrap".into(),
+            format!("{} broker(s)", self.client.bootstrap.len()),
+        );
         config
+    }
+
+    fn replication_factor(&self) -> u32 {
+        self.replication_factor
+    }
+
+    fn election_timeout(&self) -> (String, f64) {
+        (ELECTION_TIMEOUT.to_owned(), ELECTION_TIMEOUT_MS)
+    }
+
+    fn leaders<'a>(
+        &'a self,
+        topic: &'a str,
+        partitions: u32,
+        live: &'a [String],
+    ) -> BoxFuture<'a, DriverResult<Vec<Option<String>>>> {
+        async move {
+            let admin = Admin::connect(self.client.clone())
+                .await
+                .map_err(Self::error("connect"))?;
+            // Per partition: (term, node id) of the replica that says it
+            // leads in the highest term.
+            let mut best: Vec<Option<(u64, i32)>> = vec![None; partitions as usize];
+            let mut answered = 0;
+            let mut last_error = None;
+            for id in live {
+                let Ok(node_id) = id.parse::<i32>() else {
+                    continue;
+                };
+                let replicas = match admin.describe_replicas(node_id, Some(&[topic])).await {
+                    Ok(d) => d.replicas,
+                    Err(e) => {
+                        last_error = Some(e);
+                        continue;
+                    }
+                };
+                answered += 1;
+                for r in replicas {
+                    let Some(slot) = usize::try_from(r.partition)
+                        .ok()
+                        .and_then(|p| best.get_mut(p))
+                    else {
+                        continue;
+                    };
+                    if r.topic == topic
+                        && r.role == ReplicaRole::Leader
+                        && slot.is_none_or(|(term, _)| r.term > term)
+                    {
+                        *slot = Some((r.term, node_id));
+                    }
+                }
+            }
+            if answered == 0 {
+                if let Some(e) = last_error {
+                    return Err(Self::error("describe replicas")(e));
+                }
+            }
+            Ok(best
+                .into_iter()
+                .map(|b| b.map(|(_, id)| id.to_string()))
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn leaders_poll_is_cheap(&self) -> bool {
+        true
     }
 
     fn create_topic<'a>(
@@ -111,7 +274,12 @@ impl Driver for ShardmqDriver {
                 .map_err(Self::error("connect"))?;
             let partitions = i32::try_from(partitions)
                 .map_err(|_| DriverError::new(NAME, "create topic", "too many partitions"))?;
-            match admin.create_topic(topic, partitions, 1).await {
+            let replication_factor = i16::try_from(self.replication_factor)
+                .map_err(|_| DriverError::new(NAME, "create topic", "too many replicas"))?;
+            match admin
+                .create_topic(topic, partitions, replication_factor)
+                .await
+            {
                 Ok(()) => Ok(()),
                 Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => Ok(()),
                 Err(e) => Err(Self::error("create topic")(e)),
@@ -139,15 +307,7 @@ impl Driver for ShardmqDriver {
         _partitions: u32,
     ) -> BoxFuture<'a, DriverResult<Box<dyn BenchProducer>>> {
         async move {
-            let config = ProducerConfig {
-                acks: self.acks,
-                // Keyed records go by key hash; records without a key go
-                // round-robin either way.
-                partitioner: Partitioner::KeyHash,
-                linger: LINGER,
-                ..ProducerConfig::default()
-            };
-            let producer = Producer::connect(self.client.clone(), config)
+            let producer = Producer::connect(self.client.clone(), self.producer.clone())
                 .await
                 .map_err(Self::error("connect producer"))?;
             // Load the topic's metadata before the clock starts.
@@ -213,6 +373,24 @@ impl BenchProducer for ShardmqProducer {
             if let Some(key) = key {
                 record = record.key(key);
             }
+            let delivery = self
+                .producer
+                .enqueue(record)
+                .await
+                .map_err(ShardmqDriver::error("enqueue"))?;
+            let ack: AckFuture = delivery
+                .map(|r| r.map(|_| ()).map_err(ShardmqDriver::error("produce")))
+                .boxed();
+            Ok(ack)
+        }
+        .boxed()
+    }
+
+    fn send_to(&mut self, partition: u32, value: Bytes) -> BoxFuture<'_, DriverResult<AckFuture>> {
+        async move {
+            let partition = i32::try_from(partition)
+                .map_err(|_| DriverError::new(NAME, "enqueue", "partition out of range"))?;
+            let record = ProducerRecord::new(self.topic.clone(), value).partition(partition);
             let delivery = self
                 .producer
                 .enqueue(record)

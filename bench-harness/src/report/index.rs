@@ -27,10 +27,56 @@ One directory per report, `YYYY-MM-DD-<workload>/`, holding `report.md`\n\
 | date | report | headline |\n\
 | --- | --- | --- |\n";
 
-/// The one-line summary of `report` for the index: the comparison's
-/// headline, or without a peer, the best shardmq run's produce rate and
-/// publish p99.
+/// The one-line summary of `report` for the index: for a failover, each
+/// driver's time to the first acknowledgement on a new leader; for an idle
+/// workload, each server's CPU and memory; else the comparison's headline,
+/// or without a peer, the best shardmq run's produce rate and publish p99.
 pub fn headline(report: &Report) -> String {
+    if !report.failover.is_empty() {
+        return report
+            .failover
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} {}: kill -9 of the leader of {} of {} partitions, first ack on the new leader p50 {} ms, max {} ms",
+                    compare_name(&f.driver),
+                    f.mode,
+                    f.killed_led_partitions,
+                    f.partitions,
+                    format::fixed(f.first_ack_p50_ms, 0),
+                    format::fixed(f.first_ack_max_ms, 0),
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+    }
+    if !report.idle.is_empty() {
+        return report
+            .idle
+            .iter()
+            .map(|i| {
+                let cpu: Vec<String> = i
+                    .processes
+                    .iter()
+                    .map(|p| format!("{}%", format::fixed(p.cpu_percent_of_core, 2)))
+                    .collect();
+                let rss: Vec<String> = i
+                    .processes
+                    .iter()
+                    .map(|p| format::binary_bytes(p.rss_bytes_end))
+                    .collect();
+                format!(
+                    "{} {}: {} idle partitions, CPU {} of a core, RSS {}",
+                    compare_name(&i.driver),
+                    i.mode,
+                    format::count(i.partitions),
+                    cpu.join(" / "),
+                    rss.join(" / ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+    }
     if let Some(comparison) = &report.comparison {
         if !comparison.headline.trim().is_empty() {
             return comparison.headline.clone();
@@ -55,6 +101,10 @@ pub fn headline(report: &Report) -> String {
         ),
         None => "no runs".to_string(),
     }
+}
+
+fn compare_name(driver: &str) -> &str {
+    crate::compare::display_name(driver)
 }
 
 /// The index row for `report` stored in the directory `dir_name` (relative

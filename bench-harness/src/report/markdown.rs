@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use super::format;
 use super::index;
-use super::model::{DriverRun, LatencySummary, Report, TABLE_QUANTILES};
+use super::model::{DriverRun, FailoverRun, IdleRun, LatencySummary, Report, TABLE_QUANTILES};
 use super::svg;
 
 /// File name of the markdown report.
@@ -21,12 +21,28 @@ pub const PUBLISH_DELAY_SECTION: &str = "## Publish delay";
 pub const CPU_SECTION: &str = "## CPU";
 pub const BACKLOG_SECTION: &str = "## Backlog and errors";
 pub const RATE_SEARCH_SECTION: &str = "## Max-rate search";
+pub const SYSTEMS_SECTION: &str = "## Systems";
+pub const IDLE_SECTION: &str = "## Idle partitions";
+pub const FAILOVER_SECTION: &str = "## Failover";
+
+/// Whether `report` holds only idle or failover results (no stream runs),
+/// which have sections of their own instead of the run tables.
+pub fn is_special(report: &Report) -> bool {
+    report.runs.is_empty() && !(report.idle.is_empty() && report.failover.is_empty())
+}
 
 /// The whole of `report.md` for `report`.
 pub fn render_markdown(report: &Report) -> String {
     let mut md = String::new();
     header(&mut md, report);
     machine(&mut md, report);
+    if is_special(report) {
+        idle(&mut md, report);
+        failover(&mut md, report);
+        workload(&mut md, report);
+        return md;
+    }
+    systems(&mut md, report);
     comparison(&mut md, report);
     throughput(&mut md, report);
     latency_section(
@@ -71,7 +87,23 @@ fn header(md: &mut String, report: &Report) {
     let date = report.started_at.get(..10).unwrap_or(&report.started_at);
     let _ = writeln!(md, "# Benchmark: {} — {}\n", inline(&report.workload), date);
     let _ = writeln!(md, "**Headline:** {}\n", inline(&index::headline(report)));
-    let labels: Vec<String> = report.runs.iter().map(DriverRun::label).collect();
+    let labels: Vec<String> = report
+        .runs
+        .iter()
+        .map(DriverRun::label)
+        .chain(
+            report
+                .idle
+                .iter()
+                .map(|i| format!("{} {}", i.driver, i.mode)),
+        )
+        .chain(
+            report
+                .failover
+                .iter()
+                .map(|f| format!("{} {}", f.driver, f.mode)),
+        )
+        .collect();
     let runs = if labels.is_empty() {
         "none".to_string()
     } else {
@@ -81,11 +113,28 @@ fn header(md: &mut String, report: &Report) {
         .comparison
         .as_ref()
         .map(|c| c.peer.clone())
+        .or_else(|| {
+            report
+                .idle
+                .iter()
+                .map(|i| &i.driver)
+                .chain(report.failover.iter().map(|f| &f.driver))
+                .find(|d| d.as_str() != crate::compare::SHARDMQ)
+                .cloned()
+        })
         .unwrap_or_else(|| "none".to_string());
     key_value_table(
         md,
         &[
             ("Started", cell(&report.started_at)),
+            (
+                "Load at start",
+                if report.load_at_start.is_empty() {
+                    "not recorded".to_string()
+                } else {
+                    format!("`{}` (/proc/loadavg)", cell(&report.load_at_start))
+                },
+            ),
             ("Commit", code(&report.commit)),
             ("Command", code(&report.command)),
             ("Workload", cell(&report.workload)),
@@ -142,6 +191,258 @@ fn comparison(md: &mut String, report: &Report) {
         ("publish latency p99.9", c.publish_p999_ratio, "< 1"),
     ] {
         let _ = writeln!(md, "| {figure} | {} | {better} |", format::ratio(value));
+    }
+    for (figure, value) in [
+        ("end-to-end latency p50", c.end_to_end_p50_ratio),
+        (
+            "server CPU s/GB (summed over the server processes)",
+            c.server_cpu_per_gb_ratio,
+        ),
+    ] {
+        if value > 0.0 {
+            let _ = writeln!(md, "| {figure} | {} | < 1 |", format::ratio(value));
+        }
+    }
+    md.push('\n');
+    if let Some(b) = c.baseline_third_ratio {
+        let _ = writeln!(
+            md,
+            "Replicated against a single broker of the same run: shardmq's replicated produce \
+             msg/s over a third of the single broker's acks=all max (each replicated record is \
+             stored three times on this one machine): {}.\n",
+            format::ratio(b)
+        );
+    }
+}
+
+/// Replicas and server processes of every run, when any run is
+/// replicated or ran on several servers.
+fn systems(md: &mut String, report: &Report) {
+    if report
+        .runs
+        .iter()
+        .all(|r| r.replication_factor <= 1 && r.servers <= 1)
+    {
+        return;
+    }
+    let _ = writeln!(md, "{SYSTEMS_SECTION}\n");
+    let _ = writeln!(
+        md,
+        "Each side of the run on its own servers, started for its runs and stopped after \
+         them, all on this machine's loopback.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| run | replication factor | server processes | servers |"
+    );
+    let _ = writeln!(md, "| --- | ---: | ---: | --- |");
+    for run in &report.runs {
+        row(
+            md,
+            &run.label(),
+            &[
+                run.replication_factor.to_string(),
+                run.servers.to_string(),
+                cell(run.config.get("server").map_or("", String::as_str)),
+            ],
+        );
+    }
+    md.push('\n');
+}
+
+fn idle(md: &mut String, report: &Report) {
+    if report.idle.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "{IDLE_SECTION}\n");
+    let _ = writeln!(
+        md,
+        "The topics were created and nothing was sent. After every partition had a leader \
+         and the servers were left alone for the settle time, each server's CPU (user plus \
+         system, `/proc/PID/stat`) was measured over the measured period, as a percentage of \
+         one core, and its resident memory (`/proc/PID/statm`) sampled every second.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| run | replicas | partitions | Raft groups | setup s | settle s | measured s | harness CPU % |"
+    );
+    let _ = writeln!(md, "| --- |{}", " ---: |".repeat(7));
+    for i in &report.idle {
+        row(
+            md,
+            &idle_label(i),
+            &[
+                i.replication_factor.to_string(),
+                format::count(i.partitions),
+                format::count(i.raft_groups),
+                format::seconds(i.setup_seconds),
+                format::seconds(i.settle_seconds),
+                format::seconds(i.seconds),
+                format::fixed(i.harness_cpu_percent_of_core, 2),
+            ],
+        );
+    }
+    md.push('\n');
+    let _ = writeln!(
+        md,
+        "| run | process | CPU % of a core | CPU s | RSS at the end | RSS max |"
+    );
+    let _ = writeln!(md, "| --- | --- | ---: | ---: | ---: | ---: |");
+    for i in &report.idle {
+        for p in &i.processes {
+            row(
+                md,
+                &idle_label(i),
+                &[
+                    cell(&p.name),
+                    format::fixed(p.cpu_percent_of_core, 2),
+                    format::seconds(p.cpu_seconds),
+                    format::binary_bytes(p.rss_bytes_end),
+                    format::binary_bytes(p.rss_bytes_max),
+                ],
+            );
+        }
+    }
+    md.push('\n');
+    for i in &report.idle {
+        settings_table(md, &idle_label(i), &i.config);
+    }
+}
+
+fn idle_label(i: &IdleRun) -> String {
+    format!("{} {}", i.driver, i.mode)
+}
+
+fn failover_label(f: &FailoverRun) -> String {
+    format!("{} {}", f.driver, f.mode)
+}
+
+fn ms(value: f64) -> String {
+    format::fixed(value, 1)
+}
+
+fn failover(md: &mut String, report: &Report) {
+    if report.failover.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "{FAILOVER_SECTION}\n");
+    let _ = writeln!(
+        md,
+        "Producers sent at a fixed rate, open loop, send `s` to partition `s mod N`. After the \
+         warm-up the server leading the most partitions was killed with SIGKILL. Per partition \
+         it led: the time from the kill to the first acknowledgement of a record sent after \
+         the kill (which only a new leader can give); its resolution is the interval between \
+         two sends to one partition. Where leaders can be polled cheaply (shardmq: one \
+         DescribeReplicas per surviving broker), also the time to the first poll that found a \
+         new leader among the survivors. Milliseconds.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| run | partitions | msg/s | per-partition interval | killed | partitions it led | first ack p50 | first ack max | without one | new leader seen p50 | new leader seen max | poll interval |"
+    );
+    let _ = writeln!(
+        md,
+        "| --- | ---: | ---: | ---: | --- |{}",
+        " ---: |".repeat(7)
+    );
+    for f in &report.failover {
+        row(
+            md,
+            &failover_label(f),
+            &[
+                f.partitions.to_string(),
+                format::msg_rate(f.rate),
+                ms(f.per_partition_interval_ms),
+                cell(&f.killed),
+                f.killed_led_partitions.to_string(),
+                ms(f.first_ack_p50_ms),
+                ms(f.first_ack_max_ms),
+                f.unrecovered_partitions.to_string(),
+                if f.elected_poll_ms > 0.0 {
+                    ms(f.elected_p50_ms)
+                } else {
+                    "not polled".to_string()
+                },
+                if f.elected_poll_ms > 0.0 {
+                    ms(f.elected_max_ms)
+                } else {
+                    "not polled".to_string()
+                },
+                if f.elected_poll_ms > 0.0 {
+                    ms(f.elected_poll_ms)
+                } else {
+                    "—".to_string()
+                },
+            ],
+        );
+    }
+    md.push('\n');
+    let _ = writeln!(
+        md,
+        "| run | leaders before the kill | other partitions' first ack p50 / max | failed records | first error | election timeout |"
+    );
+    let _ = writeln!(md, "| --- | --- | ---: | ---: | --- | --- |");
+    for f in &report.failover {
+        let leaders: Vec<String> = f
+            .leaders_before
+            .iter()
+            .map(|(name, n)| format!("{name}: {n}"))
+            .collect();
+        row(
+            md,
+            &failover_label(f),
+            &[
+                cell(&leaders.join(", ")),
+                format!(
+                    "{} / {}",
+                    ms(f.others_first_ack_p50_ms),
+                    ms(f.others_first_ack_max_ms)
+                ),
+                format::count(f.errors),
+                f.first_error
+                    .as_deref()
+                    .map(cell)
+                    .unwrap_or_else(|| "—".to_string()),
+                cell(&f.election_timeout),
+            ],
+        );
+    }
+    md.push('\n');
+    let _ = writeln!(
+        md,
+        "![Acknowledged msg/s per 100 ms around the kill]({})\n",
+        svg::FAILOVER_TIMELINE_SVG
+    );
+    let _ = writeln!(
+        md,
+        "![Per partition, time from the kill to the first acknowledgement on the new leader]({})\n",
+        svg::FAILOVER_TIMES_SVG
+    );
+    let _ = writeln!(md, "Durability:\n");
+    for f in &report.failover {
+        let _ = writeln!(
+            md,
+            "- **{}**: {}",
+            inline(&failover_label(f)),
+            inline(&f.durability)
+        );
+    }
+    md.push('\n');
+    for f in &report.failover {
+        settings_table(md, &failover_label(f), &f.config);
+    }
+}
+
+fn settings_table(md: &mut String, title: &str, settings: &BTreeMap<String, String>) {
+    let _ = writeln!(md, "### Config: {}\n", inline(title));
+    if settings.is_empty() {
+        let _ = writeln!(md, "No settings recorded.\n");
+        return;
+    }
+    let _ = writeln!(md, "| setting | value |");
+    let _ = writeln!(md, "| --- | --- |");
+    for (key, value) in settings {
+        let _ = writeln!(md, "| {} | {} |", cell(key), code(value));
     }
     md.push('\n');
 }

@@ -2,9 +2,11 @@
 //!
 //! A report directory `perf-reports/<date>-<workload>/` holds
 //! `report.json` (the [`model::Report`], pretty-printed), `report.md`
-//! ([`markdown`]) and three SVG plots ([`svg`]): publish and end-to-end
-//! latency by percentile, and throughput over time. `perf-reports/README.md`
-//! indexes the reports, newest first ([`index`]).
+//! ([`markdown`]) and SVG plots ([`svg`]): publish and end-to-end latency by
+//! percentile and throughput over time for stream runs; acknowledgements
+//! around the kill and the per-partition failover times for a failover (an
+//! idle report has tables only). `perf-reports/README.md` indexes the
+//! reports, newest first ([`index`]).
 //!
 //! Rendering is pure (a `Report` in, text out) and never fails on odd
 //! figures: NaN, empty histograms and zero durations render as "n/a",
@@ -44,16 +46,29 @@ pub fn write_report_dir(report: &Report, reports_dir: &Path) -> io::Result<PathB
     let dir = reports_dir.join(report_dir_name(report));
     fs::create_dir_all(&dir).map_err(|e| with_path(e, "creating", &dir))?;
     let json = serde_json::to_string_pretty(report).map_err(io::Error::other)?;
-    let files = [
+    let mut files = vec![
         (REPORT_JSON, json + "\n"),
         (markdown::REPORT_MD, markdown::render_markdown(report)),
-        (svg::PUBLISH_LATENCY_SVG, svg::publish_latency_svg(report)),
-        (
-            svg::END_TO_END_LATENCY_SVG,
-            svg::end_to_end_latency_svg(report),
-        ),
-        (svg::THROUGHPUT_SVG, svg::throughput_svg(report)),
     ];
+    if !markdown::is_special(report) {
+        files.extend([
+            (svg::PUBLISH_LATENCY_SVG, svg::publish_latency_svg(report)),
+            (
+                svg::END_TO_END_LATENCY_SVG,
+                svg::end_to_end_latency_svg(report),
+            ),
+            (svg::THROUGHPUT_SVG, svg::throughput_svg(report)),
+        ]);
+    }
+    if !report.failover.is_empty() {
+        files.extend([
+            (
+                svg::FAILOVER_TIMELINE_SVG,
+                svg::failover_timeline_svg(report),
+            ),
+            (svg::FAILOVER_TIMES_SVG, svg::failover_times_svg(report)),
+        ]);
+    }
     for (name, text) in files {
         let path = dir.join(name);
         fs::write(&path, text).map_err(|e| with_path(e, "writing", &path))?;

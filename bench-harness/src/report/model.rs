@@ -11,8 +11,12 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-/// Version of this layout; bumped when a field changes meaning.
-pub const REPORT_SCHEMA_VERSION: u32 = 1;
+/// Version of this layout; bumped when a field changes meaning. Version 2
+/// added each run's replication factor and server count, the idle and
+/// failover results and the comparison's CPU, end-to-end and baseline
+/// ratios; version 1 reports read as version 2 with one replica, one
+/// server and none of those.
+pub const REPORT_SCHEMA_VERSION: u32 = 2;
 
 /// Quantiles reported in the tables, in order.
 pub const TABLE_QUANTILES: [(&str, f64); 6] = [
@@ -39,11 +43,22 @@ pub struct Report {
     pub commit: String,
     /// Start of the run, RFC 3339 in UTC.
     pub started_at: String,
+    /// `/proc/loadavg` when the run started (1, 5 and 15 minute load
+    /// averages, runnable/total tasks): how busy the machine was with other
+    /// work. Empty when unknown.
+    #[serde(default)]
+    pub load_at_start: String,
     pub machine: Machine,
     /// Every measured run, in the order they ran.
     pub runs: Vec<DriverRun>,
     /// shardmq against the peer, when a peer ran.
     pub comparison: Option<Comparison>,
+    /// Servers at rest, for an idle workload: one entry per driver.
+    #[serde(default)]
+    pub idle: Vec<IdleRun>,
+    /// Leader failovers, for a failover workload: one entry per driver.
+    #[serde(default)]
+    pub failover: Vec<FailoverRun>,
 }
 
 /// The machine the report was measured on.
@@ -68,6 +83,12 @@ pub struct DriverRun {
     pub mode: String,
     /// When the driver acknowledges relative to fsync, in plain words.
     pub durability: String,
+    /// Replicas of every partition (stream) in this run.
+    #[serde(default = "one")]
+    pub replication_factor: u32,
+    /// Server processes the run went to (3 for a cluster).
+    #[serde(default = "one")]
+    pub servers: u32,
     /// 1 for the first run of this driver and mode, 2 for the second, ...
     pub repetition: u32,
     /// Server version, flags and settings that shape the figures.
@@ -105,6 +126,10 @@ impl DriverRun {
             format!("{} {} #{}", self.driver, self.mode, self.repetition)
         }
     }
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// One trial of the max-rate search.
@@ -208,7 +233,9 @@ pub struct TimelinePoint {
 /// CPU time one process spent during the measured period.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProcessCpu {
-    /// e.g. "shardmq-broker", "nats-server", "shardmq-bench".
+    /// e.g. "shardmq-broker", "nats-server", "shardmq-bench"; with several
+    /// servers "shardmq-broker 2" for one of them and "shardmq-broker
+    /// (sum of 3)" for all of them, listed first.
     pub name: String,
     /// User plus system time.
     pub cpu_seconds: f64,
@@ -227,7 +254,115 @@ pub struct Comparison {
     pub publish_p50_ratio: f64,
     pub publish_p99_ratio: f64,
     pub publish_p999_ratio: f64,
+    /// shardmq end-to-end p50 over the peer's (< 1: shardmq lower; 0
+    /// without consumers).
+    #[serde(default)]
+    pub end_to_end_p50_ratio: f64,
+    /// shardmq server CPU seconds per GB over the peer's, each summed over
+    /// its server processes (< 1: shardmq cheaper; 0 when not measured).
+    #[serde(default)]
+    pub server_cpu_per_gb_ratio: f64,
+    /// With a single-broker baseline: the replicated run's produce msg/s
+    /// over a third of the single broker's (a replicated write is stored
+    /// three times on the one machine).
+    #[serde(default)]
+    pub baseline_third_ratio: Option<f64>,
     /// One line for the report index, e.g. "shardmq 1.62x NATS JetStream
     /// throughput, p99 0.41x".
     pub headline: String,
+}
+
+/// One server process at rest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdleProcess {
+    /// e.g. "shardmq-broker 1", "nats-server 2".
+    pub name: String,
+    /// User plus system CPU over the measured period, as a percentage of
+    /// one core.
+    pub cpu_percent_of_core: f64,
+    /// CPU seconds over the measured period.
+    pub cpu_seconds: f64,
+    /// Resident memory at the end of the measured period, bytes.
+    pub rss_bytes_end: u64,
+    /// Largest resident memory sampled during it, bytes.
+    pub rss_bytes_max: u64,
+}
+
+/// One driver's servers holding a workload's topics with nothing sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdleRun {
+    pub driver: String,
+    pub mode: String,
+    pub replication_factor: u32,
+    /// Partitions over all topics (streams or subjects for NATS, as
+    /// `config` says).
+    pub partitions: u64,
+    /// Raft groups the partitions make (per cluster, not per replica).
+    pub raft_groups: u64,
+    /// Seconds to create the topics and see every partition led.
+    pub setup_seconds: f64,
+    /// Seconds the servers were left alone before the measurement.
+    pub settle_seconds: f64,
+    /// The measured period, seconds.
+    pub seconds: f64,
+    pub processes: Vec<IdleProcess>,
+    /// CPU of the harness itself over the measured period, percent of a
+    /// core (it only waits, so this shows the machine was otherwise idle).
+    pub harness_cpu_percent_of_core: f64,
+    pub config: BTreeMap<String, String>,
+}
+
+/// One driver's leader failover: steady producing across a SIGKILL of the
+/// server leading the most partitions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailoverRun {
+    pub driver: String,
+    pub mode: String,
+    pub durability: String,
+    pub replication_factor: u32,
+    pub partitions: u32,
+    /// msg/s over all partitions, before and after the kill.
+    pub rate: f64,
+    /// Time between two sends to one partition, ms: the resolution of
+    /// the per-partition figures.
+    pub per_partition_interval_ms: f64,
+    /// The server killed ("broker 2", "nats-server 3") and how many
+    /// partitions it led.
+    pub killed: String,
+    pub killed_led_partitions: u32,
+    /// Leaders per server just before the kill.
+    pub leaders_before: BTreeMap<String, u32>,
+    /// Per partition the killed server led: ms from the kill to the first
+    /// acknowledgement of a record sent after it, ascending; partitions
+    /// that saw none are in `unrecovered_partitions`.
+    pub first_ack_ms: Vec<f64>,
+    pub first_ack_p50_ms: f64,
+    pub first_ack_max_ms: f64,
+    pub unrecovered_partitions: u32,
+    /// Per partition the killed server led: ms from the kill to the first
+    /// poll that found a new leader among the survivors (when the driver
+    /// can poll leaders cheaply), ascending.
+    pub elected_ms: Vec<f64>,
+    pub elected_p50_ms: f64,
+    pub elected_max_ms: f64,
+    /// Interval of that poll, ms (0: not polled).
+    pub elected_poll_ms: f64,
+    /// The same first-ack figure for partitions the killed server did not
+    /// lead (the cost of the kill to the rest).
+    pub others_first_ack_p50_ms: f64,
+    pub others_first_ack_max_ms: f64,
+    /// Records that failed (most were in flight to the killed server) and
+    /// the first error.
+    pub errors: u64,
+    pub first_error: Option<String>,
+    /// The Raft election timeout the figures are compared with, in words
+    /// (from the server's configuration).
+    pub election_timeout: String,
+    /// Its lower bound in ms, the unit of the goal (0: not known).
+    pub election_timeout_ms: f64,
+    /// Acknowledgements per 100 ms, from the start of sending; the kill is
+    /// at `kill_at_s`.
+    pub timeline: Vec<TimelinePoint>,
+    pub kill_at_s: f64,
+    pub config: BTreeMap<String, String>,
 }

@@ -18,6 +18,10 @@ pub const PUBLISH_LATENCY_SVG: &str = "publish-latency.svg";
 pub const END_TO_END_LATENCY_SVG: &str = "end-to-end-latency.svg";
 /// File name of the throughput-over-time plot.
 pub const THROUGHPUT_SVG: &str = "throughput.svg";
+/// File name of the failover's acknowledgements-over-time plot.
+pub const FAILOVER_TIMELINE_SVG: &str = "failover-timeline.svg";
+/// File name of the failover's per-partition times plot.
+pub const FAILOVER_TIMES_SVG: &str = "failover-times.svg";
 
 /// Line colours, one per run, reused in order when there are more runs.
 const PALETTE: [&str; 10] = [
@@ -261,6 +265,123 @@ pub fn throughput_svg(report: &Report) -> String {
         y_axis,
         series,
         line_key: vec![("produce", None), ("consume", Some("6 4"))],
+        empty_text: "no data",
+    }
+    .render()
+}
+
+/// Acknowledged msg/s per 100 ms of every failover run in `report`, from
+/// the start of sending (the kill after the warm-up), on linear axes.
+pub fn failover_timeline_svg(report: &Report) -> String {
+    let mut t_max = 0.0f64;
+    let mut rate_max = 0.0f64;
+    let mut kill_at = Vec::new();
+    for f in &report.failover {
+        kill_at.push(format::fixed(f.kill_at_s, 1));
+        for p in &f.timeline {
+            if p.t.is_finite() && p.produce_msg_per_s.is_finite() {
+                t_max = t_max.max(p.t);
+                rate_max = rate_max.max(p.produce_msg_per_s);
+            }
+        }
+    }
+    let (t_top, t_step) = nice_axis(t_max, 10.0);
+    let (rate_top, rate_step) = nice_axis(rate_max * 1.05, 1000.0);
+    let x_axis = Axis {
+        min: 0.0,
+        max: t_top,
+        ticks: linear_ticks(t_top, t_step, |v| format::fixed(v, decimals_for(t_step))),
+        minor: Vec::new(),
+        title: format!(
+            "seconds since sending began (the kill at {} s)",
+            kill_at.join(" / ")
+        ),
+    };
+    let y_axis = Axis {
+        min: 0.0,
+        max: rate_top,
+        ticks: linear_ticks(rate_top, rate_step, format::rate_label),
+        minor: Vec::new(),
+        title: "acknowledged msg/s (per 100 ms)".to_string(),
+    };
+    let series = report
+        .failover
+        .iter()
+        .map(|f| RunSeries {
+            label: format!("{} {}", f.driver, f.mode),
+            lines: vec![Line {
+                points: f
+                    .timeline
+                    .iter()
+                    .filter(|p| p.t.is_finite() && p.produce_msg_per_s.is_finite())
+                    .map(|p| (p.t, p.produce_msg_per_s.max(0.0)))
+                    .collect(),
+                dash: None,
+            }],
+        })
+        .collect();
+    Chart {
+        title: format!("Acknowledgements around the kill — {}", report.workload),
+        x_axis,
+        y_axis,
+        series,
+        line_key: Vec::new(),
+        empty_text: "no data",
+    }
+    .render()
+}
+
+/// Per failover run, the killed server's partitions sorted by the time from
+/// the kill to their first acknowledgement on a new leader: x is the share
+/// of those partitions, y the time in ms.
+pub fn failover_times_svg(report: &Report) -> String {
+    let ms_max = report
+        .failover
+        .iter()
+        .flat_map(|f| f.first_ack_ms.iter().copied())
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
+    let (ms_top, ms_step) = nice_axis(ms_max * 1.05, 1000.0);
+    let x_axis = Axis {
+        min: 0.0,
+        max: 100.0,
+        ticks: linear_ticks(100.0, 20.0, |v| format!("{}%", format::fixed(v, 0))),
+        minor: Vec::new(),
+        title: "share of the killed server's partitions".to_string(),
+    };
+    let y_axis = Axis {
+        min: 0.0,
+        max: ms_top,
+        ticks: linear_ticks(ms_top, ms_step, |v| format::duration_label(v * 1e3)),
+        minor: Vec::new(),
+        title: "kill to first acknowledgement on the new leader".to_string(),
+    };
+    let series = report
+        .failover
+        .iter()
+        .map(|f| {
+            let n = f.first_ack_ms.len().max(1) as f64;
+            RunSeries {
+                label: format!("{} {}", f.driver, f.mode),
+                lines: vec![Line {
+                    points: f
+                        .first_ack_ms
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, v)| v.is_finite())
+                        .map(|(i, &v)| (100.0 * (i + 1) as f64 / n, v.max(0.0)))
+                        .collect(),
+                    dash: None,
+                }],
+            }
+        })
+        .collect();
+    Chart {
+        title: format!("Failover time per partition — {}", report.workload),
+        x_axis,
+        y_axis,
+        series,
+        line_key: Vec::new(),
         empty_text: "no data",
     }
     .render()
