@@ -112,8 +112,12 @@ pub struct ProducerConfig {
     pub delivery_timeout: Duration,
     /// Wait before the first retry; doubled for each further one. A
     /// NotLeader that names the new leader is retried at once, there.
+    /// Default 25 ms.
     pub retry_backoff: Duration,
-    /// Longest wait between retries.
+    /// Longest wait between retries. It bounds how long after a failover's
+    /// new leader reaches the metadata a producer still waits to find it.
+    /// Default 250 ms (a retry of a batch known not appended costs a
+    /// connect attempt and a metadata request).
     pub retry_backoff_max: Duration,
     /// Produce requests in flight per partition. 1 (the default) keeps
     /// each partition's records in the order they were sent, even across
@@ -145,8 +149,8 @@ impl Default for ProducerConfig {
             partitioner: Partitioner::KeyHash,
             retries: u32::MAX,
             delivery_timeout: Duration::from_secs(30),
-            retry_backoff: Duration::from_millis(50),
-            retry_backoff_max: Duration::from_secs(2),
+            retry_backoff: Duration::from_millis(25),
+            retry_backoff_max: Duration::from_millis(250),
             in_flight_per_partition: 1,
             in_flight_max: 64,
             request_bytes_max: 4 << 20,

@@ -485,6 +485,19 @@ impl<L: RaftLog> PartitionReplica<L> {
         self.raw.report_unreachable(to);
     }
 
+    /// The broker of this follower's leader is gone (its connection
+    /// closed): the lease the follower grants its leader ends now, so it
+    /// grants votes at once and campaigns within one election timeout
+    /// (randomised) instead of up to two. Raft's safety does not rest on
+    /// it; a leader that is in fact alive keeps its followers with its next
+    /// heartbeat. Touches no state a Ready in flight depends on.
+    pub fn leader_lost(&mut self) {
+        let raft = &mut self.raw.raft;
+        if raft.state == StateRole::Follower {
+            raft.election_elapsed = raft.election_elapsed.max(raft.election_timeout());
+        }
+    }
+
     /// Advances the logical clock by one tick.
     pub fn tick(&mut self) {
         assert!(self.in_flight.is_none(), "tick while a Ready is in flight");

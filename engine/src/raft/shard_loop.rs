@@ -831,21 +831,25 @@ impl<T: Transport, L: RaftLog> ShardLoop<T, L> {
         }
     }
 
-    /// Wakes every sleeping replica here whose leader is on broker `node`:
-    /// that broker is gone (its connection dropped, the controller marked it
-    /// failed), so they must tick again to elect another leader.
+    /// Every replica here whose leader is on broker `node`, which is gone
+    /// (its connection dropped, the controller marked it failed), ends its
+    /// leader's lease ([`Replica::leader_lost`]) so that it elects another
+    /// within one election timeout; the sleeping ones are woken to tick
+    /// again. Returns how many were woken. (A walk over the shard's
+    /// replicas, once per lost broker, not per iteration.)
     pub fn wake_followers_of(&self, node: NodeId) -> usize {
         let mut woken = 0;
         for (g, slot) in self.slots.borrow_mut().iter_mut() {
-            if !slot.quiesced {
-                continue;
-            }
             let leader_node = slot
                 .replica
                 .leader_id()
                 .and_then(|id| slot.members.dest_of(id))
                 .map(|d| d.node);
-            if leader_node == Some(node) {
+            if leader_node != Some(node) || slot.replica.is_leader() {
+                continue;
+            }
+            slot.replica.leader_lost();
+            if slot.quiesced {
                 slot.quiesced = false;
                 slot.idle_ticks = 0;
                 woken += 1;
