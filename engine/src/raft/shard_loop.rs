@@ -1199,10 +1199,18 @@ impl<T: Transport, L: RaftLog> ShardLoop<T, L> {
             if let Some(hs) = w.hard_state {
                 self.log.set_hard_state(g, hs).await?;
             }
+            // A partition's hard state whose term and vote are unchanged
+            // (only the commit moved) is written but not synced for:
+            // raft-rs says so (`must_sync`), the commit is recovered on
+            // open (never below the compaction point), and a lone record
+            // would otherwise pay a second fsync on the leader and on each
+            // follower. The controller's still syncs: its applied state
+            // lives in snapshot files, which its compaction follows.
+            let kind = self.slots.borrow().get(&g).map(|slot| slot.kind);
             must_sync |= w.must_sync
                 || w.snapshot.is_some()
                 || !w.entries.is_empty()
-                || w.hard_state.is_some();
+                || (w.hard_state.is_some() && kind != Some(GroupKind::Partition));
         }
         if must_sync {
             self.log.sync().await?;
