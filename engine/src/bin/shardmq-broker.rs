@@ -73,6 +73,14 @@ fn parse_peer_list(text: &str) -> Result<PeerList, String> {
     parse_peers(text).map(PeerList)
 }
 
+/// mimalloc: memory freed on another thread than the one that allocated it
+/// (frames, buffers handed between a shard and its helper threads) goes back
+/// to its owner's heap. With glibc's allocator such memory stayed in
+/// per-thread arenas: 1.1 GB resident per broker after a minute of RF=3
+/// load on 17 partitions, against 150-170 MB with mimalloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()

@@ -73,14 +73,14 @@ pub fn loop_config(cfg: &RaftConfig) -> ShardLoopConfig {
             pre_vote: cfg.pre_vote,
             max_size_per_msg: cfg.max_size_per_msg,
             max_inflight_msgs: cfg.max_inflight_msgs,
-            // `[raft] entry_cache_bytes_max` is a shard-wide budget, which
-            // nothing enforces yet; meanwhile each partition keeps at most
-            // the smaller of it and the replica default (4 MiB).
+            // Each partition keeps at most the replica default (4 MiB) of
+            // the shard-wide `[raft] entry_cache_bytes_max`.
             entry_cache_bytes_max: usize::try_from(cfg.entry_cache_bytes_max)
                 .unwrap_or(usize::MAX)
                 .min(ReplicaConfig::default().entry_cache_bytes_max),
             ..ReplicaConfig::default()
         },
+        entry_cache_budget: usize::try_from(cfg.entry_cache_bytes_max).unwrap_or(usize::MAX),
         tick_interval: Duration::from_millis(cfg.tick_ms),
         ..ShardLoopConfig::default()
     }

@@ -34,7 +34,7 @@ pub use shard_loop::{
     ProduceAck, ProduceWaiter, ShardLoop, ShardLoopConfig, SnapshotSink, Transport,
     CONTROLLER_GROUP,
 };
-pub use store::{LogEntry, PendingFetch, Store};
+pub use store::{CacheShare, LogEntry, PendingFetch, Store};
 
 /// raft-rs's message and entry types, for transports.
 pub use ::raft::eraftpb;

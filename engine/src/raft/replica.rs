@@ -64,8 +64,9 @@ pub struct ReplicaConfig {
     /// proposals. Default 64 MiB.
     pub max_uncommitted_bytes: u64,
     /// Bytes of applied entries kept in memory per partition for followers
-    /// that lag a little (entries not yet applied are always kept).
-    /// Default 4 MiB.
+    /// that lag a little (entries not yet applied are always kept), at
+    /// most: the shard's budget (`ShardLoopConfig::entry_cache_budget`)
+    /// shared among its replicas may give less. Default 4 MiB.
     pub entry_cache_bytes_max: usize,
     /// Proposals queued while a Ready is being written. Default 4096.
     pub proposal_queue_max: usize,

@@ -52,7 +52,7 @@ use super::log_backend::RaftLog;
 use super::replica::{
     CommittedEntry, PartitionReplica, ProposalTicket, ReadyWork, ReplicaConfig, SnapshotPoint,
 };
-use super::store::{raft_entry_from_stored, Store};
+use super::store::{raft_entry_from_stored, CacheShare, Store};
 
 /// A Raft group: a partition id, or [`CONTROLLER_GROUP`].
 pub type GroupId = PartitionId;
@@ -182,7 +182,15 @@ pub struct ShardLoopConfig {
     /// neither it nor its followers tick or heartbeat until there is work
     /// again. 0 keeps every group awake. Default 20 (2 s at 100 ms).
     pub quiesce_after_ticks: u32,
+    /// Bytes of applied entries all replicas of the shard keep cached
+    /// together: each gets an even share, between
+    /// [`ENTRY_CACHE_SHARE_MIN`] and `replica.entry_cache_bytes_max`.
+    /// Default 64 MiB.
+    pub entry_cache_budget: usize,
 }
+
+/// The least cache share of a replica, however many share the budget.
+pub const ENTRY_CACHE_SHARE_MIN: usize = 64 << 10;
 
 impl Default for ShardLoopConfig {
     fn default() -> Self {
@@ -191,6 +199,7 @@ impl Default for ShardLoopConfig {
             inbox_messages_max: 65_536,
             tick_interval: Duration::from_millis(100),
             quiesce_after_ticks: 20,
+            entry_cache_budget: 64 << 20,
         }
     }
 }
@@ -619,6 +628,8 @@ pub struct ShardLoop<T: Transport, L: RaftLog = ShardLog> {
     stats: LoopStats,
     /// Proposal-to-commit latency of this node's proposals.
     commit_latency: Arc<LatencyHistogram>,
+    /// Each replica's share of the shard's entry cache budget.
+    cache_share: CacheShare,
 }
 
 impl<T: Transport, L: RaftLog> std::fmt::Debug for ShardLoop<T, L> {
@@ -640,7 +651,6 @@ impl<T: Transport, L: RaftLog> ShardLoop<T, L> {
         ShardLoop {
             log,
             transport,
-            cfg,
             clock: Rc::new(SystemClock),
             slots: RefCell::new(BTreeMap::new()),
             inbox: RefCell::new(VecDeque::new()),
@@ -654,7 +664,26 @@ impl<T: Transport, L: RaftLog> ShardLoop<T, L> {
             snapshot_sink: RefCell::new(None),
             stats: LoopStats::default(),
             commit_latency: Arc::default(),
+            cache_share: CacheShare::fixed(cfg.replica.entry_cache_bytes_max),
+            cfg,
         }
+    }
+
+    /// Divides the shard's cache budget among the `replicas` it has now.
+    fn reshare_cache(&self, replicas: usize) {
+        let share = (self.cfg.entry_cache_budget / replicas.max(1)).clamp(
+            ENTRY_CACHE_SHARE_MIN,
+            self.cfg
+                .replica
+                .entry_cache_bytes_max
+                .max(ENTRY_CACHE_SHARE_MIN),
+        );
+        self.cache_share.set(share);
+    }
+
+    /// Each replica's share of the shard's entry cache now.
+    pub fn entry_cache_share(&self) -> usize {
+        self.cache_share.get()
     }
 
     /// Records proposal-to-commit latency into `histogram` (for example
@@ -714,7 +743,7 @@ impl<T: Transport, L: RaftLog> ShardLoop<T, L> {
             group,
             &members.voter_ids(),
             &members.learner_ids(),
-            self.cfg.replica.entry_cache_bytes_max,
+            self.cache_share.clone(),
         )
         .await?;
         // Creating the partition must be durable before raft state about it
@@ -742,6 +771,7 @@ impl<T: Transport, L: RaftLog> ShardLoop<T, L> {
         slot.leadership = slot.leadership();
         Self::list_awake(&self.awake, group, &mut slot);
         self.slots.borrow_mut().insert(group, slot);
+        self.reshare_cache(self.slots.borrow().len());
         self.mark(group);
         Ok(())
     }
@@ -763,6 +793,7 @@ impl<T: Transport, L: RaftLog> ShardLoop<T, L> {
     pub async fn remove_replica(&self, group: GroupId) -> bool {
         let _held = self.lock.acquire().await;
         let removed = self.slots.borrow_mut().remove(&group);
+        self.reshare_cache(self.slots.borrow().len());
         self.inbox.borrow_mut().retain(|(g, _)| *g != group);
         match removed {
             Some(mut slot) => {
@@ -1031,6 +1062,7 @@ impl<T: Transport, L: RaftLog> ShardLoop<T, L> {
                         {
                             // The leader has nothing more to send: sleep.
                             slot.quiesced = true;
+                            slot.replica.store().drop_applied_cache();
                             bump(&self.stats.quiesced, 1);
                         }
                         Self::mark_slot(dirty, g, slot);
@@ -1082,6 +1114,7 @@ impl<T: Transport, L: RaftLog> ShardLoop<T, L> {
                         }
                         slot.quiesced = true;
                         slot.idle_ticks = 0;
+                        slot.replica.store().drop_applied_cache();
                         bump(&self.stats.quiesced, 1);
                         slot.ticked = false;
                         still_awake.pop();

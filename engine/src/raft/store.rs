@@ -9,7 +9,8 @@
 //! store keeps every entry raft may need *synchronously* in memory: all
 //! entries after the applied index (raft reads them to build a Ready's
 //! committed entries, and that read cannot be deferred), plus recent applied
-//! entries up to `entry_cache_bytes_max`. Anything older is read on demand:
+//! entries up to the replica's [`CacheShare`] of its shard's cache budget
+//! (none at all while its group sleeps). Anything older is read on demand:
 //! `entries()` answers `LogTemporarilyUnavailable` after recording a
 //! [`PendingFetch`]; the shard loop reads the range from the log and hands it
 //! back through [`PartitionReplica::on_entries_fetched`](super::PartitionReplica::on_entries_fetched),
@@ -36,8 +37,9 @@
 //! controller) adds its state after those 8 bytes
 //! ([`Store::set_snapshot_data`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use ::raft::eraftpb::{ConfState, Entry, EntryType, HardState as RaftHardState, Snapshot};
 use ::raft::{GetEntriesContext, RaftState, Storage};
@@ -217,13 +219,37 @@ struct StoreState {
     snapshot_data: Option<(u64, Bytes)>,
 }
 
+/// Bytes of applied entries each replica of a shard may keep cached: the
+/// shard's budget divided among its replicas, shared by all their stores
+/// (one cell per shard, updated as replicas come and go).
+#[derive(Debug, Clone)]
+pub struct CacheShare(Rc<Cell<usize>>);
+
+impl CacheShare {
+    /// A share of `bytes` for every replica.
+    pub fn fixed(bytes: usize) -> Self {
+        CacheShare(Rc::new(Cell::new(bytes)))
+    }
+
+    /// The share now.
+    pub fn get(&self) -> usize {
+        self.0.get()
+    }
+
+    /// Sets every replica's share; each store trims to it as it next
+    /// caches or applies.
+    pub fn set(&self, bytes: usize) {
+        self.0.set(bytes);
+    }
+}
+
 /// raft-rs storage of one partition replica. Shard view: lives on the shard
 /// that owns the partition's log; `!Send`.
 #[derive(Debug)]
 pub struct Store<L: RaftLog = ShardLog> {
     partition: PartitionId,
     log: L,
-    entry_cache_bytes_max: usize,
+    cache_share: CacheShare,
     state: RefCell<StoreState>,
 }
 
@@ -245,7 +271,7 @@ impl<L: RaftLog> Store<L> {
         partition: PartitionId,
         voters: &[u64],
         learners: &[u64],
-        entry_cache_bytes_max: usize,
+        cache_share: CacheShare,
     ) -> Result<Store<L>, StorageError> {
         if !log.partitions().contains(&partition) {
             log.create_partition(partition).await?;
@@ -266,7 +292,7 @@ impl<L: RaftLog> Store<L> {
         Ok(Store {
             partition,
             log: log.clone(),
-            entry_cache_bytes_max,
+            cache_share,
             state: RefCell::new(StoreState {
                 conf_state,
                 cache,
@@ -301,7 +327,7 @@ impl<L: RaftLog> Store<L> {
         let mut st = self.state.borrow_mut();
         st.cache.append(entries);
         let applied = st.applied;
-        st.cache.evict(applied, self.entry_cache_bytes_max);
+        st.cache.evict(applied, self.cache_share.get());
     }
 
     /// Records that the log restarted after a snapshot at `index`.
@@ -317,8 +343,17 @@ impl<L: RaftLog> Store<L> {
         let mut st = self.state.borrow_mut();
         if applied > st.applied {
             st.applied = applied;
-            st.cache.evict(applied, self.entry_cache_bytes_max);
+            st.cache.evict(applied, self.cache_share.get());
         }
+    }
+
+    /// Drops every applied entry from the cache: the group sleeps, so every
+    /// follower has the whole log, and cached payloads would only hold on
+    /// to the (larger) network or request buffers they are slices of.
+    pub fn drop_applied_cache(&self) {
+        let mut st = self.state.borrow_mut();
+        let applied = st.applied;
+        st.cache.evict(applied, 0);
     }
 
     /// Replaces the conf state (after a conf change applied).
