@@ -186,3 +186,68 @@ fn a_lying_fsync_is_caught() {
          failure of any kind: {first_failure:?})"
     );
 }
+
+/// A seed that caught a bug, with the cluster it ran on (steps at
+/// [`sim::STEPS_DEFAULT`]).
+struct FoundBug {
+    seed: u64,
+    brokers: usize,
+    partitions: u32,
+    /// The bug, in one line.
+    bug: &'static str,
+}
+
+/// The seeds that caught the bugs ARCHITECTURE.md lists under "What it
+/// found": each fails with its fix reverted.
+const SEEDS_THAT_FOUND_BUGS: &[FoundBug] = &[
+    FoundBug {
+        seed: 105,
+        brokers: 3,
+        partitions: 8,
+        bug: "a persisted commit index below the compaction point, refused by raft-rs on restart",
+    },
+    FoundBug {
+        seed: 41,
+        brokers: 3,
+        partitions: 8,
+        bug: "a controller snapshot from the leader stored only after the log restarted from it",
+    },
+    FoundBug {
+        seed: 6,
+        brokers: 3,
+        partitions: 8,
+        bug: "a new leader serving the watermark it had as a follower during its iteration",
+    },
+    FoundBug {
+        seed: 9981,
+        brokers: 3,
+        partitions: 8,
+        bug: "a proposal answered as not stored when replaced by an entry itself uncommitted",
+    },
+    FoundBug {
+        seed: 1466,
+        brokers: 3,
+        partitions: 2,
+        bug: "the same bug as seed 9981, on two partitions",
+    },
+];
+
+/// Each seed that once caught a bug runs on the code as it is and holds.
+#[test]
+fn the_seeds_that_found_bugs_still_hold() {
+    for found in SEEDS_THAT_FOUND_BUGS {
+        let mut cfg = SimConfig::new(found.seed);
+        cfg.brokers = found.brokers;
+        cfg.partitions = found.partitions;
+        if let Err(f) = run(&cfg) {
+            eprintln!("{f}");
+            panic!(
+                "seed {} broke again ({}): {} (replay: {})",
+                found.seed,
+                found.bug,
+                f.message,
+                cfg.replay_command()
+            );
+        }
+    }
+}
