@@ -230,6 +230,12 @@ const SEEDS_THAT_FOUND_BUGS: &[FoundBug] = &[
         partitions: 2,
         bug: "the same bug as seed 9981, on two partitions",
     },
+    FoundBug {
+        seed: 64,
+        brokers: 3,
+        partitions: 8,
+        bug: "the controller's commit-only hard state left unsynced: a restart behind its compacted log",
+    },
 ];
 
 /// Each seed that once caught a bug runs on the code as it is and holds.
