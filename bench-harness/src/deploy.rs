@@ -324,18 +324,16 @@ async fn start_broker_cluster(
         .map(|(i, p)| format!("{}@127.0.0.1:{}", i + 1, p.peer))
         .collect::<Vec<_>>()
         .join(",");
-    let cpus = procs::allowed_cpus();
-    let mut placement = Vec::new();
     let mut nodes = Vec::new();
     for (i, p) in ports.iter().enumerate() {
         let node_id = i + 1;
         let data = procs::data_dir(data_parent, &format!("shardmq-bench-broker-{node_id}."))?;
         let mut command = Command::new(bin);
-        if let Some(&cpu) = cpus.get(i % cpus.len().max(1)) {
-            procs::restrict_to_cpu(&mut command, cpu);
-            placement.push(format!("broker {node_id}: CPU {cpu}"));
-        }
+        // The brokers share this machine's cores: unpinned, the kernel runs
+        // each where a core is idle, as it does the peer's servers (pinned,
+        // all three would put their shard on the first CPU).
         command
+            .args(["--pin-shards", "false"])
             .args(["--node-id", &node_id.to_string()])
             .args(["--peers", &peers])
             .args(["--cluster-id", CLUSTER_NAME])
@@ -382,20 +380,15 @@ async fn start_broker_cluster(
     config.insert("shards".into(), shards.to_string());
     config.insert(
         "broker_cpus".into(),
-        if placement.is_empty() {
-            "not restricted (the harness's CPU set is unknown)".to_owned()
-        } else {
-            format!(
-                "{} (each broker started allowed on that CPU only; it pins its shard there)",
-                placement.join(", ")
-            )
-        },
+        "not pinned (--pin-shards false): the kernel places the brokers' threads, as it does \
+         the peer's servers"
+            .into(),
     );
     config.insert(
         "broker_flags".into(),
-        "--node-id N --peers 1@..,2@..,3@.. --cluster-id shardmq-bench --listen .. --metrics .. \
-         --shard-port-base .. --shards 1 --data-dir <fresh temporary directory> (no config file: \
-         every other setting at its default)"
+        "--pin-shards false --node-id N --peers 1@..,2@..,3@.. --cluster-id shardmq-bench \
+         --listen .. --metrics .. --shard-port-base .. --shards 1 --data-dir <fresh temporary \
+         directory> (no config file: every other setting at its default)"
             .into(),
     );
     Ok(deployment)

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use shardmq_net::ports::PortRange;
+
 /// How long a server may take to accept connections.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a server may take to exit after SIGTERM before it is killed.
@@ -23,7 +25,7 @@ pub const STOP_GRACE: Duration = Duration::from_secs(15);
 /// take 18 at once).
 const PORT_BLOCK: u16 = 40;
 /// Blocks between 12,000 and 20,000.
-const PORT_BLOCKS: u32 = 200;
+const PORT_BLOCKS: u16 = 200;
 /// Lines of a server's log quoted in an error.
 const LOG_TAIL_LINES: usize = 20;
 
@@ -39,38 +41,24 @@ impl fmt::Display for ProcError {
 
 impl std::error::Error for ProcError {}
 
-/// Whether `port` on 127.0.0.1 can be bound the way a server binds it:
-/// without SO_REUSEADDR (glommio, which the broker runs on, sets only SO_REUSEPORT), so a port that a
-/// connection of an earlier server still holds in TIME_WAIT counts as
-/// taken. std's `TcpListener::bind` sets SO_REUSEADDR and would miss it.
-fn bindable_as_server(port: u16) -> bool {
-    let Ok(socket) = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-    else {
-        return false;
-    };
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    socket.bind(&addr.into()).is_ok()
-}
+/// The harness's ports: blocks of [`PORT_BLOCK`] between 12,000 and
+/// 20,000, apart from the test suites' (`shardmq_net::ports`).
+const HARNESS_PORTS: PortRange = PortRange {
+    base: 12_000,
+    block: PORT_BLOCK,
+    blocks: PORT_BLOCKS,
+};
 
-/// A free port on 127.0.0.1 below the kernel's ephemeral range (32768 and
-/// up). The broker binds with SO_REUSEPORT, so a port the kernel hands out
-/// for port 0 could silently be shared with another broker; ports here are
-/// never handed out that way. Each harness process takes its own block of
-/// ports, by pid, apart from the blocks the test suites use.
+/// A free port on 127.0.0.1 below the kernel's ephemeral range, from this
+/// harness process's own block (`shardmq_net::ports` says why).
 pub fn free_port() -> Result<u16, ProcError> {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let block = 12_000 + (std::process::id() % PORT_BLOCKS) as u16 * PORT_BLOCK;
-    for _ in 0..PORT_BLOCK {
-        let port = block + NEXT.fetch_add(1, Ordering::Relaxed) % PORT_BLOCK;
-        if bindable_as_server(port) {
-            return Ok(port);
-        }
-    }
-    Err(ProcError(format!(
-        "no free port on 127.0.0.1 in {block}..{}",
-        block + PORT_BLOCK
-    )))
+    HARNESS_PORTS.free_port().ok_or_else(|| {
+        let start = HARNESS_PORTS.block_start();
+        ProcError(format!(
+            "no free port on 127.0.0.1 in {start}..{}",
+            start + PORT_BLOCK
+        ))
+    })
 }
 
 /// Finds `name` on `PATH`, then in the sbin directories Debian installs
@@ -131,38 +119,47 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The CPUs this process may run on, in order (empty when unknown).
-pub fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: `set` is a plain bitmask the kernel fills; the CPU_* helpers
-    // index within it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|cpu| libc::CPU_ISSET(*cpu, &set))
-            .collect()
-    }
-}
+/// Open files the servers a run starts may have: NATS JetStream keeps
+/// several files open per stream, and 10,000 streams of 3 replicas on three
+/// servers of one machine need more than a default limit allows.
+const OPEN_FILES_WANTED: u64 = 1 << 20;
 
-/// Makes `command`'s process start allowed on `cpu` only (its threads
-/// inherit the mask, and a broker pins its shards to the CPUs it is
-/// allowed).
-pub fn restrict_to_cpu(command: &mut Command, cpu: usize) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the child between fork and exec and only
-    // makes the sched_setaffinity system call on a set built on its stack,
-    // which is async-signal-safe.
+/// Raises this process's open-file limit, which the servers it starts
+/// inherit: to [`OPEN_FILES_WANTED`] when allowed (root), else the soft
+/// limit to the hard one. Returns the soft limit in force.
+pub fn raise_open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the plain struct above.
     unsafe {
-        command.pre_exec(move || {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-                return Err(std::io::Error::last_os_error());
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
+        }
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .unwrap_or(OPEN_FILES_WANTED);
+        let want = OPEN_FILES_WANTED.min(nr_open);
+        if lim.rlim_max < want {
+            let raised = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: want,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return want;
             }
-            Ok(())
-        });
+        }
+        let soft = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &soft) == 0 {
+            soft.rlim_cur
+        } else {
+            lim.rlim_cur
+        }
     }
 }
 
@@ -420,23 +417,6 @@ mod tests {
             })
             .count();
         assert!(bound >= 6, "only {bound} of 8 picked ports could be bound");
-    }
-
-    #[test]
-    fn a_child_restricted_to_a_cpu_runs_there_only() {
-        let cpus = allowed_cpus();
-        assert!(!cpus.is_empty());
-        let cpu = *cpus.last().unwrap();
-        let mut command = Command::new("sh");
-        command.args(["-c", "grep Cpus_allowed_list /proc/self/status"]);
-        restrict_to_cpu(&mut command, cpu);
-        let out = command.output().expect("sh runs");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(
-            text.split_whitespace().last(),
-            Some(cpu.to_string().as_str()),
-            "{text}"
-        );
     }
 
     #[tokio::test]

@@ -121,6 +121,8 @@ struct Results {
 
 /// Runs the whole command; returns the report directory.
 pub async fn run(opts: RunOptions) -> Result<PathBuf, BoxError> {
+    let open_files = procs::raise_open_files_limit();
+    eprintln!("open-file limit of the servers started: {open_files}");
     let (mut workload, workload_toml) = Workload::load(&opts.workload)?;
     if let Some(s) = opts.warmup {
         if !(s.is_finite() && s >= 0.0) {

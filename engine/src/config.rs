@@ -51,9 +51,14 @@ pub struct BrokerConfig {
     /// directly; 0 gives each shard an ephemeral port (published in
     /// Metadata). Default 0.
     pub shard_port_base: u16,
-    /// Number of shards (one glommio executor pinned per core); 0 for one
-    /// per available core. Default 0.
+    /// Number of shards (one glommio executor per core); 0 for one per
+    /// available core. Default 0.
     pub shards: usize,
+    /// Pin shard n's thread to the n-th CPU the broker may run on (thread
+    /// per core). Brokers sharing a machine's cores (a loopback cluster)
+    /// all pin their shard 0 to the same CPU; they run better unpinned,
+    /// moved by the kernel to whichever core is idle. Default true.
+    pub pin_shards: bool,
     /// Host name clients are told to connect to (Metadata); empty for the
     /// host of `listen`, or `127.0.0.1` when that is unspecified.
     /// Default empty.
@@ -78,6 +83,7 @@ impl Default for BrokerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 9092)),
             shard_port_base: 0,
             shards: 0,
+            pin_shards: true,
             advertised_host: String::new(),
             io_memory_bytes: 1 << 20,
             default_partitions: 1,

@@ -38,36 +38,9 @@ struct Broker {
     log: PathBuf,
 }
 
-/// Whether `port` on 127.0.0.1 can be bound the way the broker binds it:
-/// without SO_REUSEADDR (glommio sets only SO_REUSEPORT), so a port that a
-/// connection of an earlier server still holds in TIME_WAIT counts as
-/// taken. std's `TcpListener::bind` sets SO_REUSEADDR and would miss it.
-fn bindable_as_broker(port: u16) -> bool {
-    let Ok(socket) = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-    else {
-        return false;
-    };
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    socket.bind(&addr.into()).is_ok()
-}
-
-/// A port below the kernel's ephemeral range (32768 and up), free when
-/// picked. The broker binds with SO_REUSEPORT, so a port the kernel handed
-/// to another broker's shard (bind to port 0) could otherwise be shared
-/// silently with it; ports here are never handed out that way. Each test
-/// process takes its own block of 100 ports, by pid, and hands each out once
-/// before it wraps.
+/// A free port for a test broker (`shardmq_net::ports`).
 fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU16, Ordering};
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let block = 20_000 + (std::process::id() % 120) as u16 * 100;
-    for _ in 0..100 {
-        let port = block + NEXT.fetch_add(1, Ordering::Relaxed) % 100;
-        if bindable_as_broker(port) {
-            return port;
-        }
-    }
-    panic!("no free port in {block}..{}", block + 100);
+    shardmq_net::ports::test_port()
 }
 
 /// Small segments so opening a shard log is quick.

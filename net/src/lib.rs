@@ -61,6 +61,7 @@ pub mod frame;
 pub mod inflight;
 pub mod message;
 pub mod peer;
+pub mod ports;
 pub mod server;
 mod shutdown;
 

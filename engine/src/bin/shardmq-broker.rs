@@ -63,6 +63,10 @@ struct Args {
     /// port + n (0: ephemeral ports, published in Metadata).
     #[arg(long, value_name = "PORT")]
     shard_port_base: Option<u16>,
+    /// Overrides broker.pin_shards: pin each shard to a CPU (false for
+    /// brokers sharing one machine's cores).
+    #[arg(long, value_name = "BOOL")]
+    pin_shards: Option<bool>,
 }
 
 /// A `--peers` list.
@@ -124,6 +128,9 @@ fn main() -> ExitCode {
     }
     if let Some(voters) = args.controller_voters {
         config.cluster.controller_voters = voters;
+    }
+    if let Some(pin) = args.pin_shards {
+        config.broker.pin_shards = pin;
     }
     if let Some(base) = args.shard_port_base {
         config.broker.shard_port_base = base;

@@ -624,9 +624,13 @@ impl BrokerHandler {
         }
     }
 
-    /// Fetches every item concurrently. With `wait_until`, an item with
-    /// nothing new waits for data, and the first item that gets some ends
-    /// the others' waits (they answer empty).
+    /// Fetches every item. An item of this shard with nothing new is
+    /// answered at once, with no read and no task; the others run
+    /// concurrently. With `wait`, the items marked waiting wait for data
+    /// until its deadline: this shard's through one listener on its
+    /// watermarks (rechecked as they move), other shards' in a task each;
+    /// the first item that gets some ends the others' waits (they answer
+    /// empty, `None` here).
     async fn fetch_pass(
         &self,
         view: &Arc<ClusterView>,
@@ -634,47 +638,111 @@ impl BrokerHandler {
         wait: Option<(Instant, &[bool])>,
         allow_follower: bool,
     ) -> Vec<Option<Result<FetchResult, ServiceError>>> {
-        let done = Shutdown::new();
-        let mut tasks = Vec::with_capacity(items.len());
-        for i in 0..items.len() {
+        let service = &self.ctx.service;
+        let mut out: Vec<Option<Result<FetchResult, ServiceError>>> =
+            (0..items.len()).map(|_| None).collect();
+        // Items of this shard waiting for data, with their group.
+        let mut local_waiting: Vec<(usize, GroupId)> = Vec::new();
+        let mut run: Vec<(usize, Option<Instant>)> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
             let wait_until = match wait {
                 None => None,
                 Some((deadline, waiting)) if waiting[i] => Some(deadline),
-                Some(_) => {
-                    tasks.push(None);
-                    continue;
-                }
+                Some(_) => continue,
             };
-            let (ctx, view, items, done) =
-                (self.ctx.clone(), view.clone(), items.clone(), done.clone());
-            tasks.push(Some(glommio::spawn_local(async move {
-                let fetch = async {
-                    let result =
-                        Self::fetch_one(&ctx, &view, &items[i], wait_until, allow_follower).await;
-                    if matches!(&result, Ok(r) if !r.records.is_empty()) {
-                        done.trigger();
+            if let Ok((group, owner)) = route(view, self.ctx.node_id(), &item.topic, item.partition)
+            {
+                if owner == self.ctx.shard {
+                    if let Some(empty) = service.nothing_new(group, item.offset, allow_follower) {
+                        match wait_until {
+                            Some(_) => local_waiting.push((i, group)),
+                            None => out[i] = Some(Ok(empty)),
+                        }
+                        continue;
                     }
-                    Some(result)
-                };
-                let ended = async {
-                    done.listen().await;
-                    None
-                };
-                if wait_until.is_some() {
-                    futures_lite::future::or(fetch, ended).await
-                } else {
-                    fetch.await
                 }
-            })));
+            }
+            run.push((i, wait_until));
         }
-        let mut out = Vec::with_capacity(items.len());
-        for task in tasks {
-            out.push(match task {
-                Some(task) => task.await,
-                None => None,
-            });
+        let done = Shutdown::new();
+        let mut tasks = Vec::with_capacity(run.len());
+        for (i, wait_until) in run {
+            tasks.push((
+                i,
+                self.spawn_fetch(view, items, i, wait_until, allow_follower, &done),
+            ));
+        }
+        if let (Some((deadline, _)), false) = (wait, local_waiting.is_empty()) {
+            let arrived = async {
+                let mut ready = Vec::new();
+                service
+                    .wait_until(deadline, || {
+                        ready.extend(local_waiting.iter().filter_map(|(i, group)| {
+                            service
+                                .nothing_new(*group, items[*i].offset, allow_follower)
+                                .is_none()
+                                .then_some(*i)
+                        }));
+                        !ready.is_empty()
+                    })
+                    .await;
+                ready
+            };
+            let ended = async {
+                done.listen().await;
+                Vec::new()
+            };
+            let ready = futures_lite::future::or(arrived, ended).await;
+            if !ready.is_empty() {
+                done.trigger();
+                for i in ready {
+                    out[i] = Some(
+                        Self::fetch_one(&self.ctx, view, &items[i], None, allow_follower).await,
+                    );
+                }
+            }
+        }
+        for (i, task) in tasks {
+            if let Some(result) = task.await {
+                out[i] = Some(result);
+            }
         }
         out
+    }
+
+    /// Runs one item's fetch in a task; with `wait_until`, the first
+    /// waiting item to get records triggers `done`, which ends the other
+    /// waits (they give `None`).
+    fn spawn_fetch(
+        &self,
+        view: &Arc<ClusterView>,
+        items: &Rc<Vec<FetchItem>>,
+        i: usize,
+        wait_until: Option<Instant>,
+        allow_follower: bool,
+        done: &Shutdown,
+    ) -> glommio::Task<Option<Result<FetchResult, ServiceError>>> {
+        let (ctx, view, items, done) =
+            (self.ctx.clone(), view.clone(), items.clone(), done.clone());
+        glommio::spawn_local(async move {
+            let fetch = async {
+                let result =
+                    Self::fetch_one(&ctx, &view, &items[i], wait_until, allow_follower).await;
+                if matches!(&result, Ok(r) if !r.records.is_empty()) {
+                    done.trigger();
+                }
+                Some(result)
+            };
+            let ended = async {
+                done.listen().await;
+                None
+            };
+            if wait_until.is_some() {
+                futures_lite::future::or(fetch, ended).await
+            } else {
+                fetch.await
+            }
+        })
     }
 
     async fn fetch(&self, request: &RequestFrame) -> Result<Option<Frame>, ServiceError> {

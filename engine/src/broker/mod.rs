@@ -172,7 +172,11 @@ pub fn run(config: Config) -> Result<(), BrokerError> {
         })
         .map_err(|error| BrokerError::Setup(format!("cannot start the signal thread: {error}")))?;
 
-    let cpus = allowed_cpus();
+    let cpus = if config.broker.pin_shards {
+        allowed_cpus()
+    } else {
+        Vec::new()
+    };
     let mesh = MeshBuilder::full(shards, shard::MESH_CHANNEL_CAPACITY);
     let (done, finished) = mpsc::channel::<(u16, Result<(), shard::ShardError>)>();
     let mut handles = Vec::with_capacity(shards);

@@ -692,6 +692,28 @@ impl RaftService {
         self.visible.fetch(&self.log, partition, args).await
     }
 
+    /// For a fetch of `partition` from `offset`: the empty answer when
+    /// there is nothing new to read now, checked without a read or a task;
+    /// `None` when the fetch must run (records, or an error to report).
+    pub fn nothing_new(
+        &self,
+        partition: PartitionId,
+        offset: i64,
+        allow_follower: bool,
+    ) -> Option<FetchResult> {
+        if !allow_follower && self.check_leader(partition).is_err() {
+            return None;
+        }
+        self.visible.nothing_new(&self.log, partition, offset)
+    }
+
+    /// Waits until `ready` holds, checking it after each move of a
+    /// watermark of this shard, until `deadline` or the shard stops;
+    /// returns whether it held.
+    pub async fn wait_until(&self, deadline: Instant, ready: impl FnMut() -> bool) -> bool {
+        self.visible.wait_until(deadline, ready).await
+    }
+
     /// Looks up an offset by position or timestamp (on the leader).
     pub async fn list_offsets(
         &self,

@@ -180,6 +180,56 @@ impl Visible {
         self.notify();
     }
 
+    /// For a fetch from `offset`: the empty answer when there is nothing
+    /// new to read now (the offset is the high watermark), without a read
+    /// or a task; `None` when the fetch must run (records to read, or an
+    /// error for it to report).
+    pub(crate) fn nothing_new(
+        &self,
+        log: &ShardLog,
+        partition: PartitionId,
+        offset: i64,
+    ) -> Option<FetchResult> {
+        let offset = u64::try_from(offset).ok()?;
+        let mark = self.get(partition).ok()?;
+        let start = log.log_start_offset(partition).ok()?;
+        (offset == mark.offset && offset >= start).then(|| FetchResult {
+            high_watermark: mark.offset as i64,
+            log_start_offset: start as i64,
+            records: Bytes::new(),
+        })
+    }
+
+    /// Waits until `ready` says so, checking it now and after each move
+    /// of a watermark of this shard; gives up at `deadline` or when waits
+    /// end (the shard stops). One listener at a time, however many
+    /// partitions `ready` looks at. Returns whether `ready` held.
+    pub(crate) async fn wait_until(
+        &self,
+        deadline: Instant,
+        mut ready: impl FnMut() -> bool,
+    ) -> bool {
+        loop {
+            // Listening before the check: a move in between still wakes.
+            let listener = self.advanced.listen();
+            if ready() {
+                return true;
+            }
+            if self.no_waits.is_triggered() || Instant::now() >= deadline {
+                return false;
+            }
+            let timer = async {
+                glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now()))
+                    .await;
+            };
+            futures_lite::future::or(
+                futures_lite::future::or(listener, timer),
+                self.no_waits.listen(),
+            )
+            .await;
+        }
+    }
+
     /// Wakes the fetches waiting for data.
     pub(crate) fn notify(&self) {
         self.advanced.notify(usize::MAX);
