@@ -183,9 +183,9 @@ pub struct ShardLoopConfig {
     /// again. 0 keeps every group awake. Default 20 (2 s at 100 ms).
     pub quiesce_after_ticks: u32,
     /// Bytes of applied entries all replicas of the shard keep cached
-    /// together: each gets an even share, between
-    /// [`ENTRY_CACHE_SHARE_MIN`] and `replica.entry_cache_bytes_max`.
-    /// Default 64 MiB.
+    /// together: each gets an even share, at least
+    /// [`ENTRY_CACHE_SHARE_MIN`] and at most `replica.entry_cache_bytes_max`
+    /// (which wins when it is the smaller). Default 64 MiB.
     pub entry_cache_budget: usize,
 }
 
@@ -671,13 +671,10 @@ impl<T: Transport, L: RaftLog> ShardLoop<T, L> {
 
     /// Divides the shard's cache budget among the `replicas` it has now.
     fn reshare_cache(&self, replicas: usize) {
-        let share = (self.cfg.entry_cache_budget / replicas.max(1)).clamp(
-            ENTRY_CACHE_SHARE_MIN,
-            self.cfg
-                .replica
-                .entry_cache_bytes_max
-                .max(ENTRY_CACHE_SHARE_MIN),
-        );
+        // The replica setting caps the share, even below the least one.
+        let share = (self.cfg.entry_cache_budget / replicas.max(1))
+            .max(ENTRY_CACHE_SHARE_MIN)
+            .min(self.cfg.replica.entry_cache_bytes_max);
         self.cache_share.set(share);
     }
 
