@@ -218,16 +218,21 @@ impl Visible {
             if self.no_waits.is_triggered() || Instant::now() >= deadline {
                 return false;
             }
-            let timer = async {
-                glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now()))
-                    .await;
-            };
-            futures_lite::future::or(
-                futures_lite::future::or(listener, timer),
-                self.no_waits.listen(),
-            )
-            .await;
+            self.until_moved(listener, deadline).await;
         }
+    }
+
+    /// Waits for `listener` (a watermark moved), `deadline` or the end of
+    /// waits, whichever comes first.
+    async fn until_moved(&self, listener: event_listener::EventListener, deadline: Instant) {
+        let timer = async {
+            glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now())).await;
+        };
+        futures_lite::future::or(
+            futures_lite::future::or(listener, timer),
+            self.no_waits.listen(),
+        )
+        .await;
     }
 
     /// Wakes the fetches waiting for data.
@@ -300,15 +305,7 @@ impl Visible {
                 waiting = true;
                 self.waiters.set(self.waiters.get() + 1);
             }
-            let timer = async {
-                glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now()))
-                    .await;
-            };
-            futures_lite::future::or(
-                futures_lite::future::or(listener, timer),
-                self.no_waits.listen(),
-            )
-            .await;
+            self.until_moved(listener, deadline).await;
         };
         if waiting {
             self.waiters.set(self.waiters.get() - 1);

@@ -63,6 +63,8 @@ const CREATE_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// Longest an admin request waits for this broker's own registration.
 const REGISTRATION_WAIT: Duration = Duration::from_secs(10);
+/// Longest an admin answer waits for this broker's shards to apply it.
+const VIEW_WAIT_MAX: Duration = Duration::from_secs(5);
 
 /// Exit code of a broker the cluster refused (its identity does not match
 /// what the cluster recorded).
@@ -114,6 +116,10 @@ pub struct ShardCtx {
     hellos_done: Shutdown,
     /// Triggered once the first cluster view is applied.
     view_ready: Shutdown,
+    /// Shard 0: the metadata version every shard of this broker has
+    /// applied, and its moves.
+    published_version: Cell<u64>,
+    published: Event,
     /// Operations forwarded by peers still running.
     inbound: Cell<usize>,
     inbound_done: Event,
@@ -186,13 +192,37 @@ impl ShardCtx {
     /// Sends `view` to every shard, this one included, and waits until all
     /// applied it (shard 0).
     async fn publish_view(&self, view: Arc<ClusterView>) -> Result<(), ServiceError> {
+        let version = view.metadata.version;
         self.apply_view(view.clone()).await?;
         for shard in 0..self.shards() as u16 {
             if shard != self.shard {
                 self.router.push_view(shard, view.clone()).await?;
             }
         }
+        if version > self.published_version.get() {
+            self.published_version.set(version);
+            self.published.notify(usize::MAX);
+        }
         Ok(())
+    }
+
+    /// Shard 0: waits until every shard of this broker applied metadata
+    /// of `version` or later (at most `VIEW_WAIT_MAX`), so that a client
+    /// answered an admin change sees it on whichever shard it asks next.
+    async fn until_published(&self, version: u64) {
+        let deadline = Instant::now() + VIEW_WAIT_MAX;
+        loop {
+            let listener = self.published.listen();
+            if self.published_version.get() >= version || Instant::now() >= deadline {
+                return;
+            }
+            let timer =
+                glommio::timer::Timer::new(deadline.saturating_duration_since(Instant::now()));
+            futures_lite::future::or(listener, async {
+                timer.await;
+            })
+            .await;
+        }
     }
 
     /// Runs a metadata change on shard 0 (forwarded there from the others).
@@ -238,6 +268,8 @@ impl ShardCtx {
                 );
             }
         }
+        self.until_published(controller.view().metadata.version)
+            .await;
         results
     }
 
@@ -733,6 +765,8 @@ async fn serve(serving: Serving) -> Result<(), ShardError> {
         client_port: Cell::new(0),
         hellos_done: Shutdown::new(),
         view_ready: Shutdown::new(),
+        published_version: Cell::new(0),
+        published: Event::new(),
         inbound: Cell::new(0),
         inbound_done: Event::new(),
         drained_peers: Cell::new(0),
