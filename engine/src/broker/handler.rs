@@ -259,7 +259,15 @@ impl BrokerHandler {
                     ));
                 }
                 let replicas = b.create_vector(&replicas);
-                let leader = view.leader_place(a, None);
+                // What this shard's replica knows of a newer leadership
+                // (an election the controller has not recorded yet) wins.
+                let known = self
+                    .ctx
+                    .service
+                    .known_leader(a.group)
+                    .filter(|(_, term)| *term > a.leader_term);
+                let leader = view.leader_place(a, known.map(|(node, _)| node));
+                let leader_epoch = known.map_or(a.leader_term, |(_, term)| term);
                 let (error_code, error_message) = match &leader {
                     Some(_) => (ErrorCode::None, None),
                     None => (
@@ -279,7 +287,7 @@ impl BrokerHandler {
                         leader_shard: leader.as_ref().map_or(0, |l| l.shard),
                         shard_port: leader.as_ref().map_or(0, |l| l.shard_port),
                         replica_node_ids: Some(replica_ids),
-                        leader_epoch: a.leader_term as i64,
+                        leader_epoch: leader_epoch as i64,
                         replicas: Some(replicas),
                     },
                 ));

@@ -692,6 +692,15 @@ impl RaftService {
         self.visible.fetch(&self.log, partition, args).await
     }
 
+    /// The leader this shard's replica of `group` follows (or is), with
+    /// its term, when it knows one: newer than the controller's record
+    /// right after an election, before the new leader is recorded.
+    pub fn known_leader(&self, group: GroupId) -> Option<(NodeId, u64)> {
+        self.raft
+            .with_replica(group, |r| Some((node_of(r.leader_id()?)?, r.term())))
+            .flatten()
+    }
+
     /// For a fetch of `partition` from `offset`: the empty answer when
     /// there is nothing new to read now, checked without a read or a task;
     /// `None` when the fetch must run (records, or an error to report).

@@ -487,15 +487,32 @@ impl<L: RaftLog> PartitionReplica<L> {
     }
 
     /// The broker of this follower's leader is gone (its connection
-    /// closed): the lease the follower grants its leader ends now, so it
-    /// grants votes at once and campaigns within one election timeout
-    /// (randomised) instead of up to two. Raft's safety does not rest on
-    /// it; a leader that is in fact alive keeps its followers with its next
-    /// heartbeat. Touches no state a Ready in flight depends on.
+    /// closed). The follower forgets that leader, which ends the lease it
+    /// granted it, so it grants votes at once. One follower campaigns at
+    /// the next tick: the one of lowest id among the other voters, so the
+    /// followers of a group do not all campaign at once and split the vote;
+    /// the others keep their election timers (and elect one themselves if
+    /// that campaign fails). Raft's safety does not rest on it; a leader
+    /// that is in fact alive is followed again at its next message.
+    /// Touches no state a Ready in flight depends on.
     pub fn leader_lost(&mut self) {
         let raft = &mut self.raw.raft;
-        if raft.state == StateRole::Follower {
-            raft.election_elapsed = raft.election_elapsed.max(raft.election_timeout());
+        if raft.state != StateRole::Follower || raft.leader_id == ::raft::INVALID_ID {
+            return;
+        }
+        let lost = raft.leader_id;
+        let me = raft.id;
+        let first = raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|id| *id != lost)
+            .min();
+        raft.leader_id = ::raft::INVALID_ID;
+        if first == Some(me) {
+            raft.election_elapsed = raft.randomized_election_timeout();
         }
     }
 
