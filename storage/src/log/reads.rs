@@ -27,10 +27,23 @@ impl ShardLog {
 
     /// Term of `index`, including the term just before the first index.
     pub fn term(&self, id: PartitionId, index: u64) -> Result<u64> {
+        self.at_index(id, index, |p| p.term_before_first, |e| e.term)
+    }
+
+    /// `of` the entry at `index` of partition `id`; `before_first` of the
+    /// partition for `first_index - 1`; Compacted below, Unavailable past
+    /// the last index.
+    fn at_index<T>(
+        &self,
+        id: PartitionId,
+        index: u64,
+        before_first: impl FnOnce(&Partition) -> T,
+        of: impl FnOnce(&EntryLoc) -> T,
+    ) -> Result<T> {
         let inner = self.shared.inner.borrow();
         let p = inner.part(id)?;
         if index + 1 == p.first_index {
-            return Ok(p.term_before_first);
+            return Ok(before_first(p));
         }
         if index < p.first_index {
             return Err(StorageError::Compacted {
@@ -39,13 +52,11 @@ impl ShardLog {
                 first: p.first_index,
             });
         }
-        p.entry(index)
-            .map(|e| e.term)
-            .ok_or(StorageError::Unavailable {
-                partition: id,
-                index,
-                last: p.last_index(),
-            })
+        p.entry(index).map(of).ok_or(StorageError::Unavailable {
+            partition: id,
+            index,
+            last: p.last_index(),
+        })
     }
 
     /// The persisted hard state.
@@ -68,25 +79,12 @@ impl ShardLog {
     /// the log start offset. Every replica computes the same value for the
     /// same entry, since offsets follow from the log alone.
     pub fn offset_after(&self, id: PartitionId, index: u64) -> Result<u64> {
-        let inner = self.shared.inner.borrow();
-        let p = inner.part(id)?;
-        if index + 1 == p.first_index {
-            return Ok(p.first_offset);
-        }
-        if index < p.first_index {
-            return Err(StorageError::Compacted {
-                partition: id,
-                index,
-                first: p.first_index,
-            });
-        }
-        p.entry(index)
-            .map(|e| e.base_offset + u64::from(e.offset_count))
-            .ok_or(StorageError::Unavailable {
-                partition: id,
-                index,
-                last: p.last_index(),
-            })
+        self.at_index(
+            id,
+            index,
+            |p| p.first_offset,
+            |e| e.base_offset + u64::from(e.offset_count),
+        )
     }
 
     /// Bytes of log (headers included) held by the entries after `index`,
