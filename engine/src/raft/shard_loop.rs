@@ -1187,8 +1187,8 @@ impl<T: Transport, L: RaftLog> ShardLoop<T, L> {
         let mut must_sync = false;
         for (g, w) in &works {
             let g = *g;
+            let kind = self.slots.borrow().get(&g).map(|slot| slot.kind);
             if let Some(s) = &w.snapshot {
-                let kind = self.slots.borrow().get(&g).map(|slot| slot.kind);
                 if kind == Some(GroupKind::StateMachine) {
                     // The state machine's copy of the snapshot is durable
                     // before the log restarts past what it had applied.
@@ -1236,7 +1236,6 @@ impl<T: Transport, L: RaftLog> ShardLoop<T, L> {
             // would otherwise pay a second fsync on the leader and on each
             // follower. The controller's still syncs: its applied state
             // lives in snapshot files, which its compaction follows.
-            let kind = self.slots.borrow().get(&g).map(|slot| slot.kind);
             must_sync |= w.must_sync
                 || w.snapshot.is_some()
                 || !w.entries.is_empty()
