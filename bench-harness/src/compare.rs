@@ -321,6 +321,7 @@ mod tests {
             processes: Vec::new(),
             errors: 0,
             first_error: None,
+            over_time: None,
         }
     }
 

@@ -83,6 +83,8 @@ struct Node {
     name: String,
     /// Its client address.
     addr: String,
+    /// Port of its Prometheus endpoint on 127.0.0.1 (shardmq brokers).
+    metrics_port: Option<u16>,
     process: ServerProcess,
 }
 
@@ -169,6 +171,16 @@ impl Deployment {
         self.nodes
             .iter()
             .filter_map(|n| n.process.pid().map(|pid| (n.name.clone(), pid)))
+            .collect()
+    }
+
+    /// (report name, metrics port on 127.0.0.1) of every running server
+    /// with a Prometheus endpoint, in node order.
+    pub fn metrics_ports(&self) -> Vec<(String, u16)> {
+        self.nodes
+            .iter()
+            .filter(|n| n.process.pid().is_some())
+            .filter_map(|n| n.metrics_port.map(|port| (n.name.clone(), port)))
             .collect()
     }
 
@@ -264,7 +276,7 @@ async fn start_single_broker(
         bin.display(),
         data_parent.display()
     );
-    let server = procs::start_broker(bin, shards, data_parent).await?;
+    let (server, metrics_port) = procs::start_broker(bin, shards, data_parent).await?;
     let addr = server.addr().to_owned();
     let mut config = BTreeMap::new();
     config.insert(
@@ -278,6 +290,7 @@ async fn start_single_broker(
             id: "1".into(),
             name: "shardmq-broker".into(),
             addr: addr.clone(),
+            metrics_port: Some(metrics_port),
             process: server,
         }],
         bootstrap: vec![addr],
@@ -349,6 +362,7 @@ async fn start_broker_cluster(
             id: node_id.to_string(),
             name,
             addr: localhost(p.client),
+            metrics_port: Some(p.metrics),
             process,
         });
     }
@@ -456,6 +470,7 @@ async fn start_single_nats(
             id: String::new(),
             name: "nats-server".into(),
             addr: addr.clone(),
+            metrics_port: None,
             process: server,
         }],
         bootstrap: vec![addr],
@@ -502,6 +517,7 @@ async fn start_nats_cluster(
             id,
             name,
             addr: localhost(*client),
+            metrics_port: None,
             process,
         });
     }

@@ -21,6 +21,8 @@
 //! intended send time, keys), [`stats`] (histograms, merging, process CPU
 //! and memory), [`search`] (the max-rate search), [`driver`] (the `Driver`
 //! trait, shardmq and NATS JetStream), [`measure`] (one measured run),
+//! [`activity`] (what the servers and the harness did each second of it,
+//! with [`prometheus`] reading a broker's metrics endpoint),
 //! [`idle`] (servers at rest), [`failover`] (a leader killed while
 //! producing), [`compare`] (best runs, ratios, the summary table),
 //! [`procs`] (server processes the harness starts), [`deploy`] (the servers
@@ -29,10 +31,12 @@
 //! Invariants: latency is measured from the intended send time, never from
 //! the moment a late producer got around to sending (no coordinated
 //! omission); warm-up is never measured; every server the harness starts it
-//! also stops; the harness depends on the broker only through the SDK and
-//! the broker's command line, never on `engine` or `storage` internals
+//! also stops; the harness depends on the broker only through the SDK, the
+//! broker's command line and its HTTP endpoint, never on `engine` or
+//! `storage` internals
 //! (`shardmq-storage-bench` excepted, which measures storage alone).
 
+pub mod activity;
 pub mod compare;
 pub mod deploy;
 pub mod driver;
@@ -41,6 +45,7 @@ pub mod idle;
 pub mod measure;
 pub mod payload;
 pub mod procs;
+pub mod prometheus;
 pub mod report;
 pub mod runner;
 pub mod schedule;

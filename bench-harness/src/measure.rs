@@ -14,11 +14,15 @@
 //!   send time) falls inside the measured period;
 //! - throughput: acknowledgements and consumptions *happening* inside the
 //!   measured period, over its length;
-//! - backlog: records sent and not yet consumed, sampled every second.
+//! - backlog: records sent and not yet consumed, sampled every second;
+//! - latency over time: publish latency per bucket of intended send time
+//!   (and end-to-end latency per bucket of carried send time) within the
+//!   measured period, beside what the processes did each second of it
+//!   ([`crate::activity`]).
 //!
-//! Each producer records into its own histograms, merged at the end; the
-//! send path takes no lock and records no per-record allocation beyond the
-//! record itself.
+//! Each producer records into its own histograms (whole-run and per
+//! bucket), merged at the end; the send path takes no lock and records no
+//! per-record allocation beyond the record itself.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,11 +35,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::activity;
 use crate::driver::{AckFuture, BenchConsumer, BenchProducer, Driver, DriverError};
 use crate::payload::{epoch_ns, read_timestamp, PayloadMaker};
-use crate::report::model::{ProcessCpu, Throughput, TimelinePoint};
+use crate::report::model::{LatencyBucket, OverTime, ProcessCpu, Throughput, TimelinePoint};
 use crate::schedule::{Pacer, Schedule};
-use crate::stats::{self, new_histogram, ProducerHistograms};
+use crate::stats::{self, new_histogram, LatencyBuckets, MaxBuckets, ProducerHistograms};
 use crate::workload::Workload;
 
 /// Acknowledgements one producer may have outstanding in the harness; the
@@ -71,6 +76,9 @@ pub struct RunSpec {
     pub topic_prefix: String,
     /// Server processes to measure the CPU of: (name, pid).
     pub servers: Vec<(String, u32)>,
+    /// Ports of the servers' Prometheus endpoints on 127.0.0.1, by name
+    /// (servers without one are not listed).
+    pub server_metrics: Vec<(String, u16)>,
     /// Each producer sends its next record once the previous one is
     /// acknowledged (one record in flight per producer).
     pub sequential: bool,
@@ -96,6 +104,8 @@ pub struct RunOutcome {
     pub backlog_end: u64,
     /// One point per second of the measured period.
     pub timeline: Vec<TimelinePoint>,
+    /// Latency per bucket and the processes' activity per second.
+    pub over_time: OverTime,
     /// CPU of the servers (when their pids are known; with several, their
     /// sum first) and of the harness.
     pub processes: Vec<ProcessCpu>,
@@ -149,6 +159,8 @@ struct Clock {
     start_epoch_ns: u64,
     measure_from: Instant,
     measure_to: Instant,
+    /// Width of the latency-over-time buckets.
+    bucket_width: Duration,
 }
 
 impl Clock {
@@ -158,6 +170,16 @@ impl Clock {
 
     fn measured(&self, at: Instant) -> bool {
         at >= self.measure_from && at < self.measure_to
+    }
+
+    /// Time into the measured period of `at` (0 before it).
+    fn offset(&self, at: Instant) -> Duration {
+        at.saturating_duration_since(self.measure_from)
+    }
+
+    /// Empty latency buckets of the measured period.
+    fn latency_buckets(&self) -> LatencyBuckets {
+        LatencyBuckets::new(self.bucket_width, self.measure_to - self.measure_from)
     }
 }
 
@@ -216,6 +238,7 @@ async fn run_on_topics(
         start_epoch_ns: epoch_ns(),
         measure_from: start + spec.warmup,
         measure_to: start + spec.warmup + spec.duration,
+        bucket_width: stats::latency_bucket_width(spec.duration),
     };
 
     let mut consumer_tasks = JoinSet::new();
@@ -228,6 +251,11 @@ async fn run_on_topics(
         spec.clone(),
         has_consumers,
         u64::from(workload.message_size),
+    ));
+    let activity = tokio::spawn(activity::sample(
+        activity::targets(&spec.servers, &spec.server_metrics),
+        clock.measure_from,
+        clock.measure_to,
     ));
 
     let stride = producers.len() as u64;
@@ -292,10 +320,31 @@ async fn run_on_topics(
         Ok(m) => m,
         Err(e) => return Err(DriverError::new("harness", "monitor", e)),
     };
+    let seconds = match activity.await {
+        Ok(seconds) => seconds,
+        Err(e) => return Err(DriverError::new("harness", "activity sampler", e)),
+    };
 
     let publish = stats::merge(histograms.iter().map(|h| &h.publish));
     let publish_delay = stats::merge(histograms.iter().map(|h| &h.delay));
-    let end_to_end = stats::merge(&e2e_parts);
+    let end_to_end = stats::merge(e2e_parts.iter().map(|(h, _)| h));
+    let mut publish_buckets = clock.latency_buckets();
+    let mut delay_max = MaxBuckets::new(clock.bucket_width, spec.duration);
+    for h in &histograms {
+        publish_buckets.add(&h.publish_buckets);
+        delay_max.add(&h.delay_max);
+    }
+    let mut e2e_buckets = clock.latency_buckets();
+    for (_, buckets) in &e2e_parts {
+        e2e_buckets.add(buckets);
+    }
+    let over_time = OverTime {
+        bucket_ms: clock.bucket_width.as_millis() as u64,
+        publish: latency_buckets(&publish_buckets, Some(&delay_max)),
+        end_to_end: latency_buckets(&e2e_buckets, None),
+        slow_us: activity::SLOW_US,
+        seconds,
+    };
 
     let secs = spec.duration.as_secs_f64();
     let size = u64::from(workload.message_size);
@@ -343,6 +392,7 @@ async fn run_on_topics(
         backlog_max: monitored.backlog_max,
         backlog_end: monitored.backlog_end,
         timeline: monitored.timeline,
+        over_time,
         processes,
         errors: shared.failed.load(Ordering::Acquire),
         first_error,
@@ -363,7 +413,9 @@ async fn produce(
     let (ack_tx, ack_rx) = mpsc::channel::<(Instant, AckFuture)>(PRODUCER_ACKS_PENDING_MAX);
     let collector = tokio::spawn(collect_acks(ack_rx, clock, Arc::clone(&shared)));
     let mut delay = new_histogram();
+    let mut delay_max = MaxBuckets::new(clock.bucket_width, clock.measure_to - clock.measure_from);
     let mut own_publish = new_histogram();
+    let mut own_buckets = clock.latency_buckets();
     while let Some(intended) = pacer.next_due().await {
         let key = maker.key();
         let value = maker.value(clock.epoch_ns(intended));
@@ -377,7 +429,9 @@ async fn produce(
         let sent_at = Instant::now();
         shared.sent.fetch_add(1, Ordering::Relaxed);
         if clock.measured(intended) {
-            delay.saturating_record(sent_at.saturating_duration_since(intended).as_micros() as u64);
+            let us = sent_at.saturating_duration_since(intended).as_micros() as u64;
+            delay.saturating_record(us);
+            delay_max.record(clock.offset(intended), us);
         }
         if sequential {
             let outcome = match tokio::time::timeout(ACK_DRAIN_TIMEOUT, ack).await {
@@ -390,7 +444,14 @@ async fn produce(
                     break;
                 }
             };
-            record_ack(&mut own_publish, intended, outcome, clock, &shared);
+            record_ack(
+                &mut own_publish,
+                &mut own_buckets,
+                intended,
+                outcome,
+                clock,
+                &shared,
+            );
             continue;
         }
         if ack_tx.send((intended, ack)).await.is_err() {
@@ -398,30 +459,38 @@ async fn produce(
         }
     }
     drop(ack_tx);
-    let mut publish = match tokio::time::timeout(ACK_DRAIN_TIMEOUT, collector).await {
-        Ok(Ok(publish)) => publish,
-        Ok(Err(e)) => {
-            shared.fail(format!("ack collector: {e}"));
-            new_histogram()
-        }
-        Err(_) => {
-            shared.fail(format!(
-                "acknowledgements still outstanding {} s after the run",
-                ACK_DRAIN_TIMEOUT.as_secs()
-            ));
-            new_histogram()
-        }
-    };
+    let (mut publish, mut publish_buckets) =
+        match tokio::time::timeout(ACK_DRAIN_TIMEOUT, collector).await {
+            Ok(Ok(collected)) => collected,
+            Ok(Err(e)) => {
+                shared.fail(format!("ack collector: {e}"));
+                (new_histogram(), clock.latency_buckets())
+            }
+            Err(_) => {
+                shared.fail(format!(
+                    "acknowledgements still outstanding {} s after the run",
+                    ACK_DRAIN_TIMEOUT.as_secs()
+                ));
+                (new_histogram(), clock.latency_buckets())
+            }
+        };
     // Same bounds: adding cannot fail.
     let _ = publish.add(&own_publish);
+    publish_buckets.add(&own_buckets);
     let _ = tokio::time::timeout(ACK_DRAIN_TIMEOUT, producer.close()).await;
-    ProducerHistograms { publish, delay }
+    ProducerHistograms {
+        publish,
+        delay,
+        publish_buckets,
+        delay_max,
+    }
 }
 
 /// Counts one acknowledgement (or failure) and records its latency from
-/// the intended send time.
+/// the intended send time, whole-run and in the bucket of that time.
 fn record_ack(
     publish: &mut Histogram<u64>,
+    buckets: &mut LatencyBuckets,
     intended: Instant,
     outcome: Result<(), DriverError>,
     clock: Clock,
@@ -435,8 +504,9 @@ fn record_ack(
                 shared.acked_measured.fetch_add(1, Ordering::Relaxed);
             }
             if clock.measured(intended) {
-                let us = acked_at.saturating_duration_since(intended).as_micros();
-                publish.saturating_record(us as u64);
+                let us = acked_at.saturating_duration_since(intended).as_micros() as u64;
+                publish.saturating_record(us);
+                buckets.record(clock.offset(intended), us);
             }
         }
         Err(e) => shared.fail(e),
@@ -449,15 +519,16 @@ async fn collect_acks(
     mut rx: mpsc::Receiver<(Instant, AckFuture)>,
     clock: Clock,
     shared: Arc<Shared>,
-) -> Histogram<u64> {
+) -> (Histogram<u64>, LatencyBuckets) {
     let mut publish = new_histogram();
+    let mut buckets = clock.latency_buckets();
     let mut pending = FuturesUnordered::new();
     let mut open = true;
     loop {
         tokio::select! {
             biased;
             Some((intended, result)) = pending.next(), if !pending.is_empty() => {
-                record_ack(&mut publish, intended, result, clock, &shared);
+                record_ack(&mut publish, &mut buckets, intended, result, clock, &shared);
             }
             next = rx.recv(), if open => match next {
                 Some((intended, ack)) => {
@@ -468,17 +539,18 @@ async fn collect_acks(
             else => break,
         }
     }
-    publish
+    (publish, buckets)
 }
 
 /// One consumer: reads until told to stop; returns its end-to-end
-/// histogram.
+/// histogram, whole-run and per bucket of carried send time.
 async fn consume(
     mut consumer: Box<dyn BenchConsumer>,
     clock: Clock,
     shared: Arc<Shared>,
-) -> Histogram<u64> {
+) -> (Histogram<u64>, LatencyBuckets) {
     let mut e2e = new_histogram();
+    let mut e2e_buckets = clock.latency_buckets();
     let measure_from_ns = clock.epoch_ns(clock.measure_from);
     let measure_to_ns = clock.epoch_ns(clock.measure_to);
     let mut errors_in_a_row = 0u32;
@@ -508,7 +580,9 @@ async fn consume(
             bytes += value.len() as u64;
             if let Some(ts) = read_timestamp(value) {
                 if ts >= measure_from_ns && ts < measure_to_ns {
-                    e2e.saturating_record(now_ns.saturating_sub(ts) / 1_000);
+                    let us = now_ns.saturating_sub(ts) / 1_000;
+                    e2e.saturating_record(us);
+                    e2e_buckets.record(Duration::from_nanos(ts - measure_from_ns), us);
                 }
             }
         }
@@ -524,7 +598,24 @@ async fn consume(
                 .fetch_add(bytes, Ordering::Relaxed);
         }
     }
-    e2e
+    (e2e, e2e_buckets)
+}
+
+/// The non-empty buckets of `buckets` for the report, each with its
+/// largest publish delay when `delay_max` is given.
+fn latency_buckets(buckets: &LatencyBuckets, delay_max: Option<&MaxBuckets>) -> Vec<LatencyBucket> {
+    buckets
+        .summaries()
+        .into_iter()
+        .map(|b| LatencyBucket {
+            t: b.start.as_secs_f64(),
+            count: b.count,
+            p50: b.p50,
+            p99: b.p99,
+            max: b.max,
+            send_delay_max: delay_max.map_or(0, |d| d.at(b.start)),
+        })
+        .collect()
 }
 
 /// The name of the sum of `count` servers named like `first`

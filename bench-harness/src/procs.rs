@@ -365,22 +365,25 @@ pub fn data_dir(parent: &Path, prefix: &str) -> Result<tempfile::TempDir, ProcEr
         })
 }
 
-/// Starts a local `shardmq-broker` with `shards` shards.
+/// Starts a local `shardmq-broker` with `shards` shards; returns it and
+/// the port of its metrics endpoint on 127.0.0.1.
 pub async fn start_broker(
     bin: &Path,
     shards: u32,
     data_parent: &Path,
-) -> Result<ServerProcess, ProcError> {
+) -> Result<(ServerProcess, u16), ProcError> {
     let data = data_dir(data_parent, "shardmq-bench-broker.")?;
     let addr = format!("127.0.0.1:{}", free_port()?);
-    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let metrics_port = free_port()?;
+    let metrics = format!("127.0.0.1:{metrics_port}");
     let mut command = Command::new(bin);
     command
         .arg("--data-dir")
         .arg(data.path())
         .args(["--shards", &shards.to_string()])
         .args(["--listen", &addr, "--metrics", &metrics]);
-    ServerProcess::start("shardmq-broker", command, addr, data).await
+    let server = ServerProcess::start("shardmq-broker", command, addr, data).await?;
+    Ok((server, metrics_port))
 }
 
 /// Starts a local `nats-server -js` with its store in a fresh directory.

@@ -533,6 +533,7 @@ async fn run_contender(
 ) -> Result<DriverRun, BoxError> {
     let label = format!("{} {} #{repetition}", driver.name(), driver.mode());
     let servers = deployment.processes();
+    let server_metrics = deployment.metrics_ports();
     let is_peer = matches!(contender.plan, DriverPlan::Nats { .. });
     let mut rate_search = Vec::new();
     let rate = if workload.sequential {
@@ -541,7 +542,8 @@ async fn run_contender(
         Some(rate)
     } else if let Some(fraction) = workload.peer_max_rate_fraction {
         if is_peer && contender.searched_rate.is_none() {
-            let (max, trials) = search(driver, &servers, workload, prefix, &label).await?;
+            let (max, trials) =
+                search(driver, &servers, &server_metrics, workload, prefix, &label).await?;
             contender.searched_rate = Some(max);
             rate_search = trials;
             let rate = (max * fraction).max(RATE_MIN);
@@ -554,7 +556,8 @@ async fn run_contender(
     } else if let Some(rate) = contender.searched_rate {
         Some(rate)
     } else {
-        let (rate, trials) = search(driver, &servers, workload, prefix, &label).await?;
+        let (rate, trials) =
+            search(driver, &servers, &server_metrics, workload, prefix, &label).await?;
         contender.searched_rate = Some(rate);
         rate_search = trials;
         Some(rate)
@@ -573,6 +576,7 @@ async fn run_contender(
         duration: workload.duration,
         topic_prefix: prefix.to_owned(),
         servers: servers.clone(),
+        server_metrics,
         sequential: workload.sequential,
         label,
     };
@@ -592,6 +596,7 @@ async fn run_contender(
 async fn search(
     driver: &dyn Driver,
     servers: &[(String, u32)],
+    server_metrics: &[(String, u16)],
     workload: &Workload,
     prefix: &str,
     label: &str,
@@ -606,6 +611,7 @@ async fn search(
             duration: config.trial,
             topic_prefix: format!("{prefix}-s{trial_no}"),
             servers: servers.to_vec(),
+            server_metrics: server_metrics.to_vec(),
             sequential: false,
             label: format!(
                 "{label} search {trial_no}/{} @ {rate:.0}/s",
@@ -678,6 +684,7 @@ fn driver_run(
         processes: o.processes,
         errors: o.errors,
         first_error: o.first_error,
+        over_time: Some(o.over_time),
     }
 }
 

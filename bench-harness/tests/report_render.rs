@@ -127,6 +127,7 @@ fn run(driver: &str, mode: &str, repetition: u32, scale: f64) -> DriverRun {
         ],
         errors: (3.0 * scale) as u64,
         first_error: Some(format!("timeout after 5 s on {driver}")),
+        over_time: None,
     }
 }
 

@@ -201,7 +201,7 @@ fn e2e_keeps_its_output_lines() {
         .enable_all()
         .build()
         .unwrap();
-    let server = rt
+    let (server, _metrics_port) = rt
         .block_on(procs::start_broker(&broker, 2, dir.path()))
         .expect("broker starts");
     let output = bench(&[

@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 /// added each run's replication factor and server count, the idle and
 /// failover results and the comparison's CPU, end-to-end and baseline
 /// ratios; version 1 reports read as version 2 with one replica, one
-/// server and none of those.
+/// server and none of those. Each run's `over_time` was added without a
+/// bump (older reports read without it).
 pub const REPORT_SCHEMA_VERSION: u32 = 2;
 
 /// Quantiles reported in the tables, in order.
@@ -114,6 +115,10 @@ pub struct DriverRun {
     /// Sends that failed, and the first error seen.
     pub errors: u64,
     pub first_error: Option<String>,
+    /// Latency and what the processes did over the measured period, to
+    /// explain the tails; `None` in reports from before it was recorded.
+    #[serde(default)]
+    pub over_time: Option<OverTime>,
 }
 
 impl DriverRun {
@@ -228,6 +233,98 @@ pub struct TimelinePoint {
     pub produce_msg_per_s: f64,
     pub consume_msg_per_s: f64,
     pub backlog: u64,
+}
+
+/// Latency per short bucket of the measured period beside what each
+/// process did per second of it: what a latency spike coincided with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OverTime {
+    /// Width of the latency buckets, ms.
+    pub bucket_ms: u64,
+    /// Publish latency per bucket of intended send time; buckets without
+    /// an acknowledged send are left out.
+    pub publish: Vec<LatencyBucket>,
+    /// End-to-end latency per bucket of the send time the message
+    /// carries (empty without consumers).
+    #[serde(default)]
+    pub end_to_end: Vec<LatencyBucket>,
+    /// The bound, µs, above which a server's sync round, write or produce
+    /// counts as slow in [`HistogramSecond::slow`]: a bucket bound of the
+    /// server's histograms.
+    pub slow_us: u64,
+    /// One entry per second of the measured period.
+    pub seconds: Vec<ActivitySecond>,
+}
+
+/// Latency of the messages of one bucket of time, µs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencyBucket {
+    /// Seconds into the measured period at the bucket's start.
+    pub t: f64,
+    pub count: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+    /// For publish latency: the largest publish delay (actual minus
+    /// intended send time) of the bucket's sends, µs; a large one means
+    /// the harness, not the server, held the sends back. 0 otherwise.
+    #[serde(default)]
+    pub send_delay_max: u64,
+}
+
+/// What every process did in one second of the measured period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActivitySecond {
+    /// Seconds into the measured period at the end of the second.
+    pub t: f64,
+    /// Servers in the order of the run's processes, then the harness
+    /// ("shardmq-bench"); a process whose figures could not be read is
+    /// left out.
+    pub processes: Vec<ProcessActivity>,
+}
+
+/// One process in one second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessActivity {
+    /// As in [`ProcessCpu::name`].
+    pub name: String,
+    /// User plus system CPU seconds (`/proc/PID/stat`, in clock ticks of
+    /// 10 ms).
+    pub cpu_seconds: f64,
+    /// Time its threads were runnable but waiting for a CPU, summed over
+    /// them (`/proc/PID/task/*/schedstat`), ms; `None` without schedstat.
+    #[serde(default)]
+    pub runqueue_wait_ms: Option<f64>,
+    /// From the server's metrics endpoint, when it has one and answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<ServerSecond>,
+}
+
+/// A server's own histograms and counters over one second.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerSecond {
+    /// Sync rounds of the shard logs (an fdatasync, or a write through
+    /// O_DSYNC). The broker refreshes these once a second, so a round can
+    /// show in the second after the one it happened in.
+    pub fsync: HistogramSecond,
+    /// Segment writes of the shard logs (refreshed like `fsync`).
+    pub write: HistogramSecond,
+    /// Produce latency per partition item, as the broker measures it.
+    pub produce: HistogramSecond,
+    /// Segment files the collector deleted (retention, deleted topics).
+    pub segments_deleted: u64,
+}
+
+/// The observations one histogram gained in one second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistogramSecond {
+    pub count: u64,
+    /// Those above [`OverTime::slow_us`].
+    pub slow: u64,
+    /// Upper bound, µs, of the highest bucket one of them fell in: the
+    /// slowest took at most this long. 0: none; `u64::MAX`: above the
+    /// largest bound.
+    pub max_le_us: u64,
 }
 
 /// CPU time one process spent during the measured period.
