@@ -9,8 +9,9 @@ use std::path::Path;
 
 use shardmq_bench_harness::report::markdown::{self, cell};
 use shardmq_bench_harness::report::model::{
-    Comparison, DriverRun, FailoverRun, IdleProcess, IdleRun, LatencySummary, Machine, ProcessCpu,
-    RateTrial, Report, Throughput, TimelinePoint, REPORT_SCHEMA_VERSION, TABLE_QUANTILES,
+    ActivitySecond, Comparison, DriverRun, FailoverRun, HistogramSecond, IdleProcess, IdleRun,
+    LatencyBucket, LatencySummary, Machine, OverTime, ProcessActivity, ProcessCpu, RateTrial,
+    Report, ServerSecond, Throughput, TimelinePoint, REPORT_SCHEMA_VERSION, TABLE_QUANTILES,
 };
 use shardmq_bench_harness::report::{self, format, index, svg};
 
@@ -127,8 +128,85 @@ fn run(driver: &str, mode: &str, repetition: u32, scale: f64) -> DriverRun {
         ],
         errors: (3.0 * scale) as u64,
         first_error: Some(format!("timeout after 5 s on {driver}")),
-        over_time: None,
+        over_time: Some(over_time(driver, base)),
     }
+}
+
+/// Second (1-based) of [`over_time`] holding its spike.
+const SPIKE_SECOND: u32 = 3;
+/// Bucket of the spike: 2.3 s into the measured period.
+const SPIKE_BUCKET: u32 = 23;
+
+/// Five seconds of 100 ms buckets whose maxima rise slowly, with one spike
+/// in bucket [`SPIKE_BUCKET`], and per second the server (with broker
+/// metrics for shardmq only) and the harness; the spike's second has a
+/// stalled fsync and a long run-queue wait.
+fn over_time(driver: &str, base: u64) -> OverTime {
+    let publish = (0..50u32)
+        .map(|i| LatencyBucket {
+            t: f64::from(i) / 10.0,
+            count: 200 + u64::from(i),
+            p50: base + u64::from(i),
+            p99: base * 3 + u64::from(i),
+            max: if i == SPIKE_BUCKET {
+                base * 250
+            } else {
+                base * 5 + u64::from(i) * 7
+            },
+            send_delay_max: 40 + u64::from(i),
+        })
+        .collect();
+    let seconds = (1..=5u32)
+        .map(|s| {
+            let spike = s == SPIKE_SECOND;
+            let histogram = |slow: u64, max_le_us: u64| HistogramSecond {
+                count: 100 + u64::from(s),
+                slow,
+                max_le_us,
+            };
+            ActivitySecond {
+                t: f64::from(s) + 0.0004,
+                processes: vec![
+                    ProcessActivity {
+                        name: format!("{driver}-server"),
+                        cpu_seconds: 0.5 + f64::from(s) / 100.0,
+                        runqueue_wait_ms: Some(if spike { 42.5 } else { 0.25 }),
+                        metrics: (driver == "shardmq").then(|| ServerSecond {
+                            fsync: histogram(
+                                if spike { 17 } else { 0 },
+                                if spike { 250_000 } else { 2_500 },
+                            ),
+                            write: histogram(0, 500),
+                            produce: histogram(0, if spike { u64::MAX } else { 5_000 }),
+                            segments_deleted: if spike { 2 } else { 0 },
+                        }),
+                    },
+                    ProcessActivity {
+                        name: "shardmq-bench".to_string(),
+                        cpu_seconds: 0.25,
+                        runqueue_wait_ms: None,
+                        metrics: None,
+                    },
+                ],
+            }
+        })
+        .collect();
+    OverTime {
+        bucket_ms: 100,
+        publish,
+        end_to_end: Vec::new(),
+        slow_us: 5_000,
+        seconds,
+    }
+}
+
+/// `report` as an older harness wrote it: no run has `over_time`.
+fn without_over_time(report: &Report) -> String {
+    let mut json = serde_json::to_value(report).expect("serialize");
+    for run in json["runs"].as_array_mut().expect("runs") {
+        run.as_object_mut().expect("run").remove("over_time");
+    }
+    serde_json::to_string_pretty(&json).expect("serialize")
 }
 
 fn sample_report(with_comparison: bool) -> Report {
@@ -993,6 +1071,7 @@ mod report_dir {
             svg::PUBLISH_LATENCY_SVG,
             svg::END_TO_END_LATENCY_SVG,
             svg::THROUGHPUT_SVG,
+            svg::LATENCY_OVER_TIME_SVG,
         ] {
             let text = fs::read_to_string(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
             let root = parse_xml(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -1194,5 +1273,202 @@ mod report_dir {
         // checkout; either way the answer is one line.
         let commit = report::git_commit(Path::new(env!("CARGO_MANIFEST_DIR")));
         assert!(!commit.is_empty() && !commit.contains('\n'));
+    }
+}
+
+/// Latency over time: the plot, the worst-bucket tables, and reports from
+/// before it was recorded.
+mod report_over_time {
+    use super::*;
+
+    /// The lines of the table under `### label` in the latency-over-time
+    /// section, header and separator excluded, split into cells.
+    fn worst_rows(md: &str, label: &str) -> Vec<Vec<String>> {
+        let section = &md[md
+            .find(markdown::LATENCY_OVER_TIME_SECTION)
+            .expect("latency over time section")..];
+        let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+        let heading = format!("### {label}\n");
+        let start = section
+            .find(&heading)
+            .unwrap_or_else(|| panic!("no {heading}"));
+        section[start + heading.len()..]
+            .lines()
+            .skip_while(|l| l.is_empty())
+            .take_while(|l| l.starts_with('|'))
+            .skip(2)
+            .map(|l| {
+                l.trim_matches('|')
+                    .split(" | ")
+                    .map(|c| c.trim().to_string())
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_worst_buckets_are_listed_with_the_activity_of_their_second() {
+        let report = sample_report(false);
+        let md = markdown::render_markdown(&report);
+        assert!(md.contains(&format!("]({})", svg::LATENCY_OVER_TIME_SVG)));
+        for run in &report.runs {
+            let rows = worst_rows(&md, &run.label());
+            assert_eq!(rows.len(), markdown::WORST_BUCKETS, "{}", run.label());
+            let o = run.over_time.as_ref().expect("over_time");
+            let spike = &o.publish[SPIKE_BUCKET as usize];
+            // Slowest first: the spike, then the latest of the others.
+            assert_eq!(rows[0][0], "2.3");
+            assert_eq!(rows[0][1], format::count(spike.count));
+            assert_eq!(rows[0][2], format::micros(spike.p50));
+            assert_eq!(rows[0][3], format::micros(spike.p99));
+            assert_eq!(rows[0][4], format::micros(spike.max));
+            assert_eq!(rows[0][5], format::micros(spike.send_delay_max));
+            assert_eq!(rows[1][0], "4.9");
+            let maxima: Vec<u64> = rows
+                .iter()
+                .map(|r| r[4].replace(',', "").parse().expect("max"))
+                .collect();
+            assert!(maxima.windows(2).all(|w| w[0] >= w[1]), "{maxima:?}");
+            // The spike's row shows the second holding 2.3 s (the third).
+            let server = &rows[0][6];
+            assert!(server.contains("wait 42.5 ms"), "{server}");
+            let harness = &rows[0][7];
+            assert_eq!(harness, "CPU 0.25 s");
+            if run.driver == "shardmq" {
+                assert!(
+                    server.contains("sync 17 of 103 > 5 ms, fsync ≤ 250 ms, produce > largest bucket; 2 segments deleted"),
+                    "{server}"
+                );
+                // Bucket 4.9 s is in the fifth second: a quiet one.
+                assert!(
+                    rows[1][6].contains("sync 0 of 105 > 5 ms, fsync ≤ 2.5 ms"),
+                    "{:?}",
+                    rows[1]
+                );
+                assert!(!rows[1][6].contains("deleted"));
+            } else {
+                assert!(!server.contains("sync"), "no broker metrics: {server}");
+            }
+        }
+    }
+
+    #[test]
+    fn seconds_are_matched_by_their_end() {
+        let o = over_time("shardmq", 1000);
+        let end = |t: f64| markdown::second_of(&o.seconds, t).expect("a second").t;
+        assert_eq!(end(0.0), 1.0004);
+        assert_eq!(end(0.9), 1.0004);
+        assert_eq!(end(1.0), 1.0004);
+        assert_eq!(end(1.0005), 2.0004);
+        assert_eq!(end(4.9), 5.0004);
+        assert_eq!(end(7.0), 5.0004, "past the end: the last second");
+        assert!(markdown::second_of(&[], 1.0).is_none());
+        let worst = markdown::worst_buckets(&o.publish[..3]);
+        assert_eq!(
+            worst.iter().map(|b| b.t).collect::<Vec<_>>(),
+            vec![0.2, 0.1, 0.0]
+        );
+    }
+
+    #[test]
+    fn the_plot_has_p99_max_and_p50_lines_per_run_on_a_log_axis() {
+        let report = sample_report(false);
+        let text = svg::latency_over_time_svg(&report);
+        let root = parse_xml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let series = series(&root);
+        assert_eq!(series.len(), report.runs.len());
+        for (run, group) in report.runs.iter().zip(&series) {
+            assert_eq!(group.attribute("data-run"), Some(run.label().as_str()));
+            let lines: Vec<&Element> = group
+                .children
+                .iter()
+                .filter(|e| e.name == "polyline")
+                .collect();
+            assert_eq!(lines.len(), 3, "p99, max and p50");
+            let [p99, max, p50] = [points(lines[0]), points(lines[1]), points(lines[2])];
+            let buckets = run.over_time.as_ref().expect("over_time").publish.len();
+            for line in [&p99, &max, &p50] {
+                assert_eq!(line.len(), buckets);
+                assert!(line.windows(2).all(|p| p[1].0 > p[0].0), "time goes right");
+            }
+            // SVG y grows downwards: max above p99 above p50 everywhere.
+            for i in 0..buckets {
+                assert!(max[i].1 < p99[i].1 && p99[i].1 < p50[i].1, "bucket {i}");
+            }
+            // The spike stands out: on a log axis 50x the neighbours' max
+            // is well above them, but not off the chart.
+            let spike = max[SPIKE_BUCKET as usize].1;
+            assert!(spike < max[SPIKE_BUCKET as usize - 1].1 - 50.0, "{spike}");
+        }
+        let all_text = root.all_text();
+        assert!(all_text.contains("log scale"), "{all_text}");
+        assert!(all_text.contains("p99") && all_text.contains("max"));
+    }
+
+    #[test]
+    fn reports_from_before_it_read_and_render() {
+        let report = sample_report(true);
+        let old_json = without_over_time(&report);
+        assert!(!old_json.contains("over_time"));
+        let old: Report = serde_json::from_str(&old_json).expect("an old report reads");
+        assert!(old.runs.iter().all(|r| r.over_time.is_none()));
+        let md = markdown::render_markdown(&old);
+        let at = md
+            .find(markdown::LATENCY_OVER_TIME_SECTION)
+            .expect("the section is there");
+        assert!(md[at..].contains("Not recorded"), "{}", &md[at..]);
+        assert!(!md.contains(&format!("]({})", svg::LATENCY_OVER_TIME_SVG)));
+        let text = svg::latency_over_time_svg(&old);
+        let root = parse_xml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(series(&root).is_empty());
+        assert!(root
+            .descendants()
+            .iter()
+            .any(|e| e.attribute("class") == Some("empty")));
+
+        // `render` of an old report directory keeps it old and writes
+        // the (empty) plot.
+        let tmp = tempfile::TempDir::new().expect("tempdir");
+        let mut smoke = old.clone();
+        smoke.workload_toml = include_str!("../workloads/smoke.toml").to_string();
+        let dir = tmp.path().join(report::report_dir_name(&smoke));
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(dir.join(report::REPORT_JSON), without_over_time(&smoke)).expect("write");
+        shardmq_bench_harness::runner::render(&dir).expect("render");
+        assert!(dir.join(svg::LATENCY_OVER_TIME_SVG).is_file());
+        let back: Report = serde_json::from_str(
+            &fs::read_to_string(dir.join(report::REPORT_JSON)).expect("report.json"),
+        )
+        .expect("parse");
+        assert!(back.runs.iter().all(|r| r.over_time.is_none()));
+
+        // A mix: one run with it, the others without.
+        let mut mixed = old;
+        mixed.runs[0].over_time = report.runs[0].over_time.clone();
+        let md = markdown::render_markdown(&mixed);
+        assert_eq!(
+            worst_rows(&md, &mixed.runs[0].label()).len(),
+            markdown::WORST_BUCKETS
+        );
+        let second = &md[md
+            .find(&format!("### {}\n", mixed.runs[1].label()))
+            .expect("run 2")..];
+        assert!(second.lines().nth(2) == Some("Not recorded."), "{second}");
+    }
+
+    #[test]
+    fn a_run_without_sends_says_so() {
+        let mut report = sample_report(false);
+        report.runs.truncate(1);
+        let o = report.runs[0].over_time.as_mut().expect("over_time");
+        o.publish.clear();
+        let md = markdown::render_markdown(&report);
+        assert!(md.contains("No acknowledged sends in the measured period."));
+        let root = parse_xml(&svg::latency_over_time_svg(&report)).expect("well-formed");
+        assert_eq!(series(&root).len(), 1);
+        assert!(root
+            .descendants()
+            .iter()
+            .any(|e| e.attribute("class") == Some("empty")));
     }
 }

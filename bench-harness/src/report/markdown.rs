@@ -7,8 +7,15 @@ use std::fmt::Write as _;
 
 use super::format;
 use super::index;
-use super::model::{DriverRun, FailoverRun, IdleRun, LatencySummary, Report, TABLE_QUANTILES};
+use super::model::{
+    ActivitySecond, DriverRun, FailoverRun, HistogramSecond, IdleRun, LatencyBucket,
+    LatencySummary, OverTime, ProcessActivity, Report, TABLE_QUANTILES,
+};
 use super::svg;
+
+/// Buckets listed per run in the latency-over-time section: those with
+/// the highest max.
+pub const WORST_BUCKETS: usize = 10;
 
 /// File name of the markdown report.
 pub const REPORT_MD: &str = "report.md";
@@ -18,6 +25,7 @@ pub const THROUGHPUT_SECTION: &str = "## Throughput";
 pub const PUBLISH_LATENCY_SECTION: &str = "## Publish latency";
 pub const END_TO_END_LATENCY_SECTION: &str = "## End-to-end latency";
 pub const PUBLISH_DELAY_SECTION: &str = "## Publish delay";
+pub const LATENCY_OVER_TIME_SECTION: &str = "## Latency over time";
 pub const CPU_SECTION: &str = "## CPU";
 pub const BACKLOG_SECTION: &str = "## Backlog and errors";
 pub const RATE_SEARCH_SECTION: &str = "## Max-rate search";
@@ -74,6 +82,7 @@ pub fn render_markdown(report: &Report) -> String {
         |r| &r.publish_delay,
         None,
     );
+    latency_over_time(&mut md, report);
     cpu(&mut md, report);
     backlog(&mut md, report);
     rate_search(&mut md, report);
@@ -520,6 +529,154 @@ fn latency_section(
     md.push('\n');
     if let Some((alt, file)) = plot {
         let _ = writeln!(md, "![{alt}]({file})\n");
+    }
+}
+
+fn latency_over_time(md: &mut String, report: &Report) {
+    let _ = writeln!(md, "{LATENCY_OVER_TIME_SECTION}\n");
+    let recorded: Vec<(&DriverRun, &OverTime)> = report
+        .runs
+        .iter()
+        .filter_map(|r| r.over_time.as_ref().map(|o| (r, o)))
+        .collect();
+    if recorded.is_empty() {
+        let _ = writeln!(
+            md,
+            "Not recorded (the report was written before the harness recorded it).\n"
+        );
+        return;
+    }
+    let bucket_ms: Vec<String> = {
+        let mut widths: Vec<u64> = recorded.iter().map(|(_, o)| o.bucket_ms).collect();
+        widths.sort_unstable();
+        widths.dedup();
+        widths.iter().map(u64::to_string).collect()
+    };
+    let slow_us = recorded[0].1.slow_us;
+    let _ = writeln!(
+        md,
+        "Publish latency per {} ms of intended send time. Per run, the {WORST_BUCKETS} \
+         buckets with the highest max (slowest first), beside what each process did in the \
+         second holding the bucket's start: CPU seconds, run-queue wait (its threads runnable \
+         but not running, summed over them) and, from a broker's metrics endpoint, its sync \
+         rounds above {} of all rounds and the highest fsync and produce latency bucket reached \
+         (\"≤ 25 ms\": the slowest took at most 25 ms), and segments its collector deleted. \
+         Brokers refresh their storage histograms once a second, so a sync round can show in \
+         the second after it. Send delay max: the most any of the bucket's messages was sent \
+         after its intended time (a large one is a stall of the harness itself). Microseconds unless marked.\n",
+        bucket_ms.join(" / "),
+        format::duration_label(slow_us as f64),
+    );
+    let _ = writeln!(
+        md,
+        "![Publish latency over time: p99 (solid), max (dashed), p50 (dotted)]({})\n",
+        svg::LATENCY_OVER_TIME_SVG
+    );
+    for run in &report.runs {
+        let _ = writeln!(md, "### {}\n", inline(&run.label()));
+        let Some(over_time) = &run.over_time else {
+            let _ = writeln!(md, "Not recorded.\n");
+            continue;
+        };
+        if over_time.publish.is_empty() {
+            let _ = writeln!(md, "No acknowledged sends in the measured period.\n");
+            continue;
+        }
+        worst_buckets_table(md, over_time);
+    }
+}
+
+/// The [`WORST_BUCKETS`] buckets of `over_time` with the highest max and
+/// the activity of their seconds, one column per process.
+fn worst_buckets_table(md: &mut String, over_time: &OverTime) {
+    let mut names: Vec<&str> = Vec::new();
+    for second in &over_time.seconds {
+        for p in &second.processes {
+            if !names.contains(&p.name.as_str()) {
+                names.push(&p.name);
+            }
+        }
+    }
+    let _ = write!(md, "| t s | sends | p50 | p99 | max | send delay max |");
+    for name in &names {
+        let _ = write!(md, " {} |", cell(name));
+    }
+    let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "| ---: |{}",
+        " ---: |".repeat(5) + &" --- |".repeat(names.len())
+    );
+    for bucket in worst_buckets(&over_time.publish) {
+        let second = second_of(&over_time.seconds, bucket.t);
+        let mut cells = vec![
+            format::fixed(bucket.t, 1),
+            format::count(bucket.count),
+            format::micros(bucket.p50),
+            format::micros(bucket.p99),
+            format::micros(bucket.max),
+            format::micros(bucket.send_delay_max),
+        ];
+        for name in &names {
+            let activity = second.and_then(|s| s.processes.iter().find(|p| p.name == *name));
+            cells.push(activity.map_or_else(|| "—".to_string(), |p| activity_cell(p, over_time)));
+        }
+        let _ = writeln!(md, "| {} |", cells.join(" | "));
+    }
+    md.push('\n');
+}
+
+/// Up to [`WORST_BUCKETS`] buckets, highest max first (earliest first
+/// among equals).
+pub fn worst_buckets(buckets: &[LatencyBucket]) -> Vec<&LatencyBucket> {
+    let mut worst: Vec<&LatencyBucket> = buckets.iter().collect();
+    worst.sort_by(|a, b| b.max.cmp(&a.max).then(a.t.total_cmp(&b.t)));
+    worst.truncate(WORST_BUCKETS);
+    worst
+}
+
+/// The second whose interval holds `t` (the first ending after it), or
+/// the last one when `t` is past them all.
+pub fn second_of(seconds: &[ActivitySecond], t: f64) -> Option<&ActivitySecond> {
+    seconds.iter().find(|s| s.t > t).or(seconds.last())
+}
+
+/// One process's second in one cell: "CPU 0.93 s, wait 12.0 ms" and, for
+/// a broker, "; sync 3 of 118 > 5 ms, fsync ≤ 25 ms, produce ≤ 10 ms" and
+/// the segments deleted when there were any.
+fn activity_cell(p: &ProcessActivity, over_time: &OverTime) -> String {
+    let mut text = format!("CPU {} s", format::seconds(p.cpu_seconds));
+    if let Some(wait) = p.runqueue_wait_ms {
+        let _ = write!(text, ", wait {} ms", format::fixed(wait, 1));
+    }
+    if let Some(m) = &p.metrics {
+        let _ = write!(
+            text,
+            "; sync {} of {} > {}, fsync {}, produce {}",
+            format::count(m.fsync.slow),
+            format::count(m.fsync.count),
+            format::duration_label(over_time.slow_us as f64),
+            slowest(&m.fsync),
+            slowest(&m.produce)
+        );
+        if m.segments_deleted > 0 {
+            let _ = write!(
+                text,
+                "; {} segments deleted",
+                format::count(m.segments_deleted)
+            );
+        }
+    }
+    cell(&text)
+}
+
+/// The highest bucket a histogram's second reached: "≤ 25 ms", "none",
+/// or "> largest bucket".
+fn slowest(h: &HistogramSecond) -> String {
+    match h.max_le_us {
+        0 => "none".to_string(),
+        u64::MAX => "> largest bucket".to_string(),
+        bound => format!("≤ {}", format::duration_label(bound as f64)),
     }
 }
 

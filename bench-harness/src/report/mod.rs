@@ -3,9 +3,9 @@
 //! A report directory `perf-reports/<date>-<workload>/` holds
 //! `report.json` (the [`model::Report`], pretty-printed), `report.md`
 //! ([`markdown`]) and SVG plots ([`svg`]): publish and end-to-end latency by
-//! percentile and throughput over time for stream runs; acknowledgements
-//! around the kill and the per-partition failover times for a failover (an
-//! idle report has tables only). `perf-reports/README.md` indexes the
+//! percentile, throughput over time and publish latency over time for
+//! stream runs; acknowledgements around the kill and the per-partition
+//! failover times for a failover (an idle report has tables only). `perf-reports/README.md` indexes the
 //! reports, newest first ([`index`]).
 //!
 //! Rendering is pure (a `Report` in, text out) and never fails on odd
@@ -58,6 +58,10 @@ pub fn write_report_dir(report: &Report, reports_dir: &Path) -> io::Result<PathB
                 svg::end_to_end_latency_svg(report),
             ),
             (svg::THROUGHPUT_SVG, svg::throughput_svg(report)),
+            (
+                svg::LATENCY_OVER_TIME_SVG,
+                svg::latency_over_time_svg(report),
+            ),
         ]);
     }
     if !report.failover.is_empty() {

@@ -1,6 +1,6 @@
 //! The report's plots as hand-written SVG: the latency percentile curves
-//! (log-log) and the throughput over time (linear), every run of the report
-//! on one chart with a legend.
+//! (log-log), the throughput over time (linear) and the latency over time
+//! (log latency), every run of the report on one chart with a legend.
 //!
 //! Each run is one `<g class="series">` element holding its line(s), so the
 //! plots can be checked (and restyled) per run. Data are mapped to the plot
@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 
 use super::format;
-use super::model::{LatencySummary, Report};
+use super::model::{LatencyBucket, LatencySummary, Report};
 
 /// File name of the publish latency percentile plot.
 pub const PUBLISH_LATENCY_SVG: &str = "publish-latency.svg";
@@ -18,6 +18,8 @@ pub const PUBLISH_LATENCY_SVG: &str = "publish-latency.svg";
 pub const END_TO_END_LATENCY_SVG: &str = "end-to-end-latency.svg";
 /// File name of the throughput-over-time plot.
 pub const THROUGHPUT_SVG: &str = "throughput.svg";
+/// File name of the publish-latency-over-time plot.
+pub const LATENCY_OVER_TIME_SVG: &str = "latency-over-time.svg";
 /// File name of the failover's acknowledgements-over-time plot.
 pub const FAILOVER_TIMELINE_SVG: &str = "failover-timeline.svg";
 /// File name of the failover's per-partition times plot.
@@ -121,30 +123,7 @@ pub fn latency_percentile_svg(title: &str, runs: &[(String, &LatencySummary)]) -
         title: "percentile".to_string(),
     };
 
-    let (exp_low, exp_high) = if value_max > 0.0 {
-        let low = (value_min.log10().floor() as i32).max(0);
-        let high = (value_max.log10().ceil() as i32).max(low + 1);
-        (low, high.min(low + LOG_DECADES_MAX))
-    } else {
-        // No samples: 1 µs to 1 ms.
-        (0, 3)
-    };
-    let mut y_ticks = Vec::new();
-    let mut y_minor = Vec::new();
-    for e in exp_low..=exp_high {
-        y_ticks.push((f64::from(e), format::duration_label(10f64.powi(e))));
-        if e < exp_high {
-            y_minor.push(f64::from(e) + 2f64.log10());
-            y_minor.push(f64::from(e) + 5f64.log10());
-        }
-    }
-    let y_axis = Axis {
-        min: f64::from(exp_low),
-        max: f64::from(exp_high),
-        ticks: y_ticks,
-        minor: y_minor,
-        title: "latency (log scale)".to_string(),
-    };
+    let (y_axis, exp_low) = log_latency_axis(value_min, value_max, "latency (log scale)");
 
     let series = runs
         .iter()
@@ -177,6 +156,116 @@ pub fn latency_percentile_svg(title: &str, runs: &[(String, &LatencySummary)]) -
         series,
         line_key: Vec::new(),
         empty_text: "no samples",
+    }
+    .render()
+}
+
+/// A log10 axis of microsecond latencies from the decade below
+/// `value_min` to the one above `value_max` (1 µs to 1 ms when there are
+/// no positive values), and the exponent of its bottom.
+fn log_latency_axis(value_min: f64, value_max: f64, title: &str) -> (Axis, i32) {
+    let (exp_low, exp_high) = if value_max > 0.0 && value_min.is_finite() {
+        let low = (value_min.log10().floor() as i32).max(0);
+        let high = (value_max.log10().ceil() as i32).max(low + 1);
+        (low, high.min(low + LOG_DECADES_MAX))
+    } else {
+        // No samples: 1 µs to 1 ms.
+        (0, 3)
+    };
+    let mut ticks = Vec::new();
+    let mut minor = Vec::new();
+    for e in exp_low..=exp_high {
+        ticks.push((f64::from(e), format::duration_label(10f64.powi(e))));
+        if e < exp_high {
+            minor.push(f64::from(e) + 2f64.log10());
+            minor.push(f64::from(e) + 5f64.log10());
+        }
+    }
+    let axis = Axis {
+        min: f64::from(exp_low),
+        max: f64::from(exp_high),
+        ticks,
+        minor,
+        title: title.to_string(),
+    };
+    (axis, exp_low)
+}
+
+/// Publish latency per bucket of intended send time of every run in
+/// `report` that recorded it: p99 (solid), max (dashed) and p50 (dotted)
+/// against seconds into the measured period (each point at its bucket's
+/// middle), latency on a log scale.
+pub fn latency_over_time_svg(report: &Report) -> String {
+    let buckets = |run: &super::model::DriverRun| -> (f64, Vec<LatencyBucket>) {
+        let Some(o) = &run.over_time else {
+            return (0.0, Vec::new());
+        };
+        let mut points: Vec<LatencyBucket> = o
+            .publish
+            .iter()
+            .filter(|b| b.t.is_finite() && b.count > 0)
+            .cloned()
+            .collect();
+        points.sort_by(|a, b| a.t.total_cmp(&b.t));
+        (o.bucket_ms as f64 / 2e3, points)
+    };
+    let mut t_max = 0.0f64;
+    let mut value_min = f64::INFINITY;
+    let mut value_max = 0.0f64;
+    for run in &report.runs {
+        let (half, points) = buckets(run);
+        for b in &points {
+            t_max = t_max.max(b.t + 2.0 * half);
+            for v in [b.p50, b.p99, b.max] {
+                if v > 0 {
+                    value_min = value_min.min(v as f64);
+                    value_max = value_max.max(v as f64);
+                }
+            }
+        }
+    }
+    let (t_top, t_step) = nice_axis(t_max, 10.0);
+    let x_axis = Axis {
+        min: 0.0,
+        max: t_top,
+        ticks: linear_ticks(t_top, t_step, |v| format::fixed(v, decimals_for(t_step))),
+        minor: Vec::new(),
+        title: "seconds into the measured period (intended send time)".to_string(),
+    };
+    let (y_axis, exp_low) = log_latency_axis(value_min, value_max, "publish latency (log scale)");
+    let series = report
+        .runs
+        .iter()
+        .filter(|run| run.over_time.is_some())
+        .map(|run| {
+            let (half, points) = buckets(run);
+            let line = |value: fn(&LatencyBucket) -> u64, dash: Option<&'static str>| Line {
+                points: points
+                    .iter()
+                    .map(|b| {
+                        let y = (value(b).max(1) as f64).log10().max(f64::from(exp_low));
+                        (b.t + half, y)
+                    })
+                    .collect(),
+                dash,
+            };
+            RunSeries {
+                label: run.label(),
+                lines: vec![
+                    line(|b| b.p99, None),
+                    line(|b| b.max, Some("6 4")),
+                    line(|b| b.p50, Some("2 3")),
+                ],
+            }
+        })
+        .collect();
+    Chart {
+        title: format!("Publish latency over time — {}", report.workload),
+        x_axis,
+        y_axis,
+        series,
+        line_key: vec![("p99", None), ("max", Some("6 4")), ("p50", Some("2 3"))],
+        empty_text: "no data",
     }
     .render()
 }
