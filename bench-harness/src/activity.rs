@@ -6,8 +6,8 @@
 //! machine's cores were taken, "scheduling"). Per server with a metrics
 //! endpoint (shardmq brokers), from one scrape a second: its sync rounds,
 //! segment writes and produce latency, how many were slow and the highest
-//! bucket reached (fsync stalls), and the segments its collector deleted
-//! (retention).
+//! bucket reached (fsync stalls), the segments its log rolled (sealed to
+//! start a new one) and the segments its collector deleted (retention).
 //!
 //! The sampler is a task of its own: the send and acknowledgement paths
 //! never wait for it. A scrape that fails or times out records nothing for
@@ -40,6 +40,8 @@ pub const WRITE_FAMILY: &str = "shardmq_storage_write_latency_seconds";
 pub const PRODUCE_FAMILY: &str = "shardmq_produce_latency_seconds";
 /// The broker's counter of segment files its collector deleted.
 pub const SEGMENTS_DELETED: &str = "shardmq_storage_segments_deleted_total";
+/// The broker's counter of segments its shard logs sealed to start new ones.
+pub const SEGMENTS_ROLLED: &str = "shardmq_storage_segments_rolled_total";
 
 /// Name of the harness in the samples.
 pub const HARNESS_NAME: &str = "shardmq-bench";
@@ -124,7 +126,7 @@ async fn read_all(targets: &[Target]) -> Vec<Reading> {
         Some(prometheus::parse(
             &body,
             &[FSYNC_FAMILY, WRITE_FAMILY, PRODUCE_FAMILY],
-            &[SEGMENTS_DELETED],
+            &[SEGMENTS_DELETED, SEGMENTS_ROLLED],
         ))
     }))
     .await;
@@ -166,12 +168,16 @@ pub fn server_second(before: &Scrape, after: &Scrape) -> Option<ServerSecond> {
                 .since(before.histograms.get(family)?, SLOW_US),
         )
     };
-    let deleted = |s: &Scrape| s.values.get(SEGMENTS_DELETED).copied().unwrap_or(0.0);
+    let counted = |name: &str| {
+        let value = |s: &Scrape| s.values.get(name).copied().unwrap_or(0.0);
+        (value(after) - value(before)).max(0.0) as u64
+    };
     Some(ServerSecond {
         fsync: delta(FSYNC_FAMILY)?,
         write: delta(WRITE_FAMILY)?,
         produce: delta(PRODUCE_FAMILY)?,
-        segments_deleted: (deleted(after) - deleted(before)).max(0.0) as u64,
+        segments_deleted: counted(SEGMENTS_DELETED),
+        segments_rolled: counted(SEGMENTS_ROLLED),
     })
 }
 
@@ -179,7 +185,7 @@ pub fn server_second(before: &Scrape, after: &Scrape) -> Option<ServerSecond> {
 mod tests {
     use super::*;
 
-    fn scrape(fsync: [u64; 3], deleted: u64) -> Scrape {
+    fn scrape(fsync: [u64; 3], deleted: u64, rolled: u64) -> Scrape {
         let mut text = String::new();
         for family in [FSYNC_FAMILY, WRITE_FAMILY, PRODUCE_FAMILY] {
             for (le, count) in ["0.005", "0.01", "+Inf"].iter().zip(fsync) {
@@ -187,10 +193,11 @@ mod tests {
             }
         }
         text += &format!("{SEGMENTS_DELETED}{{node=\"1\",shard=\"0\"}} {deleted}\n");
+        text += &format!("{SEGMENTS_ROLLED}{{node=\"1\",shard=\"0\"}} {rolled}\n");
         prometheus::parse(
             &text,
             &[FSYNC_FAMILY, WRITE_FAMILY, PRODUCE_FAMILY],
-            &[SEGMENTS_DELETED],
+            &[SEGMENTS_DELETED, SEGMENTS_ROLLED],
         )
     }
 
@@ -199,12 +206,12 @@ mod tests {
         let before = Reading {
             cpu_seconds: Some(10.0),
             runqueue_wait_ns: Some(5_000_000),
-            scrape: Some(scrape([100, 100, 100], 2)),
+            scrape: Some(scrape([100, 100, 100], 2, 7)),
         };
         let after = Reading {
             cpu_seconds: Some(10.75),
             runqueue_wait_ns: Some(17_500_000),
-            scrape: Some(scrape([190, 198, 200], 5)),
+            scrape: Some(scrape([190, 198, 200], 5, 8)),
         };
         let a = activity("shardmq-broker", &before, &after).unwrap();
         assert_eq!(a.name, "shardmq-broker");
@@ -215,6 +222,7 @@ mod tests {
         assert_eq!(m.fsync.slow, 10);
         assert_eq!(m.fsync.max_le_us, u64::MAX);
         assert_eq!(m.segments_deleted, 3);
+        assert_eq!(m.segments_rolled, 1);
     }
 
     #[test]
@@ -222,7 +230,7 @@ mod tests {
         let full = Reading {
             cpu_seconds: Some(1.0),
             runqueue_wait_ns: Some(1),
-            scrape: Some(scrape([1, 1, 1], 0)),
+            scrape: Some(scrape([1, 1, 1], 0, 0)),
         };
         let failed_scrape = Reading {
             scrape: None,

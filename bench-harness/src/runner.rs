@@ -488,7 +488,7 @@ fn best_by(workload: &Workload) -> BestBy {
     }
 }
 
-/// `shardmq-bench render DIR`: rewrites a report directory from its
+/// `shardmq-bench render DIR`: rewrites a report directory in place from its
 /// `report.json` (the comparison recomputed from the runs, `report.md` and
 /// the plots rendered again) and replaces its row in the index of the
 /// directory above it. For reports written by an older harness.
@@ -506,12 +506,11 @@ pub fn render(dir: &Path) -> Result<PathBuf, BoxError> {
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let written = crate::report::write_report_dir(&report, reports_dir).map_err(|e| {
-        format!(
-            "cannot write the report under {}: {e}",
-            reports_dir.display()
-        )
-    })?;
+    // In place: the directory may have been renamed since it was written
+    // (two reports of one workload on one day).
+    crate::report::write_report_files(&report, dir)
+        .map_err(|e| format!("cannot write the report in {}: {e}", dir.display()))?;
+    let written = dir.to_path_buf();
     crate::report::update_index(reports_dir, &written, &report)
         .map_err(|e| format!("cannot update the index in {}: {e}", reports_dir.display()))?;
     Ok(written)

@@ -179,6 +179,7 @@ fn over_time(driver: &str, base: u64) -> OverTime {
                             write: histogram(0, 500),
                             produce: histogram(0, if spike { u64::MAX } else { 5_000 }),
                             segments_deleted: if spike { 2 } else { 0 },
+                            segments_rolled: if spike { 1 } else { 0 },
                         }),
                     },
                     ProcessActivity {
@@ -1250,6 +1251,40 @@ mod report_dir {
     }
 
     #[test]
+    fn a_renamed_report_renders_in_place_and_leaves_its_namesake_alone() {
+        let tmp = tempfile::TempDir::new().expect("tempdir");
+        let mut first = sample_report(true);
+        first.workload_toml = include_str!("../workloads/smoke.toml").to_string();
+        // Two reports of one workload on one day: the first is renamed
+        // before the second is written under the name both would get.
+        let written = report::write_report_dir(&first, tmp.path()).expect("write");
+        let renamed = tmp.path().join(format!(
+            "{}-before",
+            written.file_name().unwrap().to_string_lossy()
+        ));
+        fs::rename(&written, &renamed).expect("rename");
+        let mut second = first.clone();
+        second.commit = "second".to_string();
+        let second_dir = report::write_report_dir(&second, tmp.path()).expect("write");
+        assert_eq!(second_dir, written);
+
+        let rendered = shardmq_bench_harness::runner::render(&renamed).expect("render");
+        assert_eq!(rendered, renamed);
+        let json_of = |dir: &Path| -> Report {
+            let text = fs::read_to_string(dir.join(report::REPORT_JSON)).expect("report.json");
+            serde_json::from_str(&text).expect("parse")
+        };
+        assert_eq!(json_of(&renamed).commit, first.commit);
+        assert_eq!(json_of(&second_dir).commit, "second");
+        let index = fs::read_to_string(tmp.path().join("README.md")).expect("index");
+        let dir_name = renamed.file_name().unwrap().to_string_lossy().to_string();
+        assert!(
+            index.contains(&format!("({dir_name}/report.md)")),
+            "{index}"
+        );
+    }
+
+    #[test]
     fn report_dir_names_are_one_path_component() {
         let mut report = sample_report(false);
         report.workload = "../a b/c".to_string();
@@ -1336,7 +1371,7 @@ mod report_over_time {
             assert_eq!(harness, "CPU 0.25 s");
             if run.driver == "shardmq" {
                 assert!(
-                    server.contains("sync 17 of 103 > 5 ms, fsync ≤ 250 ms, produce > largest bucket; 2 segments deleted"),
+                    server.contains("sync 17 of 103 > 5 ms, fsync ≤ 250 ms, produce > largest bucket; 1 rolled; 2 segments deleted"),
                     "{server}"
                 );
                 // Bucket 4.9 s is in the fifth second: a quiet one.
@@ -1346,6 +1381,7 @@ mod report_over_time {
                     rows[1]
                 );
                 assert!(!rows[1][6].contains("deleted"));
+                assert!(!rows[1][6].contains("rolled"));
             } else {
                 assert!(!server.contains("sync"), "no broker metrics: {server}");
             }

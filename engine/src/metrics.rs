@@ -130,6 +130,7 @@ pub struct ShardMetrics {
     pub storage_segments: AtomicU64,
     /// Segment files the collector deleted (retention, deleted topics).
     pub storage_segments_deleted: AtomicU64,
+    pub storage_segments_rolled: AtomicU64,
     /// Bytes of disk the collector gave back.
     pub storage_bytes_freed: AtomicU64,
     /// Raft commit latency: proposal to commit (durable on a majority),
@@ -470,6 +471,13 @@ impl BrokerMetrics {
             "gauge",
             "Segment files of the shard log.",
             &|m| m.storage_segments.load(Ordering::Relaxed),
+        );
+        per_shard(
+            &mut out,
+            "shardmq_storage_segments_rolled_total",
+            "counter",
+            "Segments the shard log sealed to start a new one.",
+            &|m| m.storage_segments_rolled.load(Ordering::Relaxed),
         );
         per_shard(
             &mut out,

@@ -560,7 +560,8 @@ fn latency_over_time(md: &mut String, report: &Report) {
          second holding the bucket's start: CPU seconds, run-queue wait (its threads runnable \
          but not running, summed over them) and, from a broker's metrics endpoint, its sync \
          rounds above {} of all rounds and the highest fsync and produce latency bucket reached \
-         (\"≤ 25 ms\": the slowest took at most 25 ms), and segments its collector deleted. \
+         (\"≤ 25 ms\": the slowest took at most 25 ms), the segments its log rolled into a new \
+         one and the segments its collector deleted. \
          Brokers refresh their storage histograms once a second, so a sync round can show in \
          the second after it. Send delay max: the most any of the bucket's messages was sent \
          after its intended time (a large one is a stall of the harness itself). Microseconds unless marked.\n",
@@ -643,7 +644,7 @@ pub fn second_of(seconds: &[ActivitySecond], t: f64) -> Option<&ActivitySecond> 
 
 /// One process's second in one cell: "CPU 0.93 s, wait 12.0 ms" and, for
 /// a broker, "; sync 3 of 118 > 5 ms, fsync ≤ 25 ms, produce ≤ 10 ms" and
-/// the segments deleted when there were any.
+/// the segments rolled and deleted when there were any.
 fn activity_cell(p: &ProcessActivity, over_time: &OverTime) -> String {
     let mut text = format!("CPU {} s", format::seconds(p.cpu_seconds));
     if let Some(wait) = p.runqueue_wait_ms {
@@ -659,6 +660,9 @@ fn activity_cell(p: &ProcessActivity, over_time: &OverTime) -> String {
             slowest(&m.fsync),
             slowest(&m.produce)
         );
+        if m.segments_rolled > 0 {
+            let _ = write!(text, "; {} rolled", format::count(m.segments_rolled));
+        }
         if m.segments_deleted > 0 {
             let _ = write!(
                 text,

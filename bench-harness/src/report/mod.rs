@@ -44,7 +44,14 @@ const DIR_WORKLOAD_CHARS_MAX: usize = 64;
 /// previous ones) and returns that directory.
 pub fn write_report_dir(report: &Report, reports_dir: &Path) -> io::Result<PathBuf> {
     let dir = reports_dir.join(report_dir_name(report));
-    fs::create_dir_all(&dir).map_err(|e| with_path(e, "creating", &dir))?;
+    write_report_files(report, &dir)?;
+    Ok(dir)
+}
+
+/// Writes every file of the report into `dir` itself, whatever its name
+/// (a report directory renamed after it was written is rendered in place).
+pub fn write_report_files(report: &Report, dir: &Path) -> io::Result<()> {
+    fs::create_dir_all(dir).map_err(|e| with_path(e, "creating", dir))?;
     let json = serde_json::to_string_pretty(report).map_err(io::Error::other)?;
     let mut files = vec![
         (REPORT_JSON, json + "\n"),
@@ -77,7 +84,7 @@ pub fn write_report_dir(report: &Report, reports_dir: &Path) -> io::Result<PathB
         let path = dir.join(name);
         fs::write(&path, text).map_err(|e| with_path(e, "writing", &path))?;
     }
-    Ok(dir)
+    Ok(())
 }
 
 /// `<YYYY-MM-DD>-<workload>`: the date the report started and its workload

@@ -313,6 +313,10 @@ pub struct ServerSecond {
     pub produce: HistogramSecond,
     /// Segment files the collector deleted (retention, deleted topics).
     pub segments_deleted: u64,
+    /// Segments the shard logs sealed to start new ones (0 in reports
+    /// written before it was recorded).
+    #[serde(default)]
+    pub segments_rolled: u64,
 }
 
 /// The observations one histogram gained in one second.

@@ -1138,6 +1138,9 @@ fn copy_stats(ctx: &ShardCtx) {
     metrics
         .storage_segments
         .store(log.segment_count() as u64, Ordering::Relaxed);
+    metrics
+        .storage_segments_rolled
+        .store(stats.segments_rolled, Ordering::Relaxed);
     copy_replication(ctx);
 }
 

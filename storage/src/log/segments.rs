@@ -276,6 +276,7 @@ pub(super) async fn zero_fill(
         return Ok(());
     };
     let mut busy = false;
+    let mut due = Instant::now();
     while pos < len && !stop.get() {
         if sampled_at.elapsed() >= SAMPLE {
             let Some(lsn) = appended() else {
@@ -289,6 +290,7 @@ pub(super) async fn zero_fill(
         if busy {
             // Yield the disk to the log's rounds until the next sample.
             glommio::timer::sleep(SAMPLE).await;
+            due = Instant::now();
             continue;
         }
         let n = PREZERO_CHUNK_BYTES.min((len - pos) as usize);
@@ -298,8 +300,15 @@ pub(super) async fn zero_fill(
             .await
             .map_err(|e| StorageError::glommio("zero segment", path, e))?;
         pos += n as u64;
-        let pause = Duration::from_micros(n as u64 * 1_000_000 / rate.max(1));
-        glommio::timer::sleep(pause).await;
+        let now = Instant::now();
+        due = next_zero_due(
+            due,
+            now,
+            Duration::from_micros(n as u64 * 1_000_000 / rate.max(1)),
+        );
+        if due > now {
+            glommio::timer::sleep(due - now).await;
+        }
     }
     if stop.get() || pos < len {
         // Taken early by a roll: the next fdatasync of records commits the
@@ -309,6 +318,18 @@ pub(super) async fn zero_fill(
     file.fdatasync()
         .await
         .map_err(|e| StorageError::glommio("fdatasync zeroed segment", path, e))
+}
+
+/// When the zero fill's next write is due, after one of `step`'s worth of
+/// the rate that was due at `due` and finished at `now`. The schedule is kept
+/// from write to write, so the time a write takes counts towards the rate
+/// instead of adding to every pause (which slowed the fill so much that a
+/// log at half the rate rolled into a segment still partly unzeroed). A fill
+/// that fell behind catches up by at most one step, never in a burst that
+/// would crowd out the log's own writes.
+pub(super) fn next_zero_due(due: Instant, now: Instant, step: Duration) -> Instant {
+    let floor = now.checked_sub(step).unwrap_or(now);
+    due.max(floor) + step
 }
 
 /// Writes zeros through the whole of `file` as fast as the disk takes them
@@ -428,4 +449,36 @@ pub(super) fn write_sidecar(path: &Path, seq: u32, rows: &[SidecarRow]) -> Resul
         .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
         .and_then(|_| std::fs::rename(&tmp, path))
         .map_err(|e| StorageError::io("write segment index", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STEP: Duration = Duration::from_millis(2);
+
+    #[test]
+    fn a_write_faster_than_the_rate_leaves_the_rest_of_its_step_as_pause() {
+        let start = Instant::now();
+        // The first write took 0.5 ms of its 2 ms step.
+        let due = next_zero_due(start, start + Duration::from_micros(500), STEP);
+        assert_eq!(due, start + STEP);
+        // The next took 1.5 ms: due one step later again, not 2 ms after it
+        // finished.
+        let due = next_zero_due(due, start + STEP + Duration::from_micros(1500), STEP);
+        assert_eq!(due, start + 2 * STEP);
+    }
+
+    #[test]
+    fn a_fill_behind_schedule_catches_up_by_one_step_at_most() {
+        let start = Instant::now();
+        // A write that took 10 ms against a 2 ms step: the next is due at
+        // once (one step of catching up), not five steps back to back.
+        let late = start + Duration::from_millis(10);
+        let due = next_zero_due(start, late, STEP);
+        assert_eq!(due, late);
+        // From there on the pace is the rate's again.
+        let due = next_zero_due(due, late + Duration::from_micros(100), STEP);
+        assert_eq!(due, late + STEP);
+    }
 }
