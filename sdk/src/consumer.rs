@@ -34,6 +34,10 @@ use crate::error::{ClientError, Result};
 /// Fetch rounds of one poll while every partition is refused (leader
 /// moved): the first, and retries against the leaders just learnt.
 const FETCH_ROUNDS_MAX: u32 = 3;
+
+/// Position lookups (ListOffsets) one consumer has in flight at once when
+/// it starts or seeks every partition.
+pub const RESOLVE_IN_FLIGHT_MAX: usize = 64;
 /// Attempts of an offset lookup (ListOffsets, DescribeReplicas) after
 /// retriable errors.
 const LOOKUP_ATTEMPTS_MAX: u32 = 4;
@@ -183,10 +187,27 @@ impl Consumer {
     /// [`seek`](Self::seek) on every assigned partition.
     pub async fn seek_all(&mut self, to: SeekTo) -> Result<()> {
         let partitions: Vec<i32> = self.positions.keys().copied().collect();
-        for partition in partitions {
-            self.seek(partition, to).await?;
+        for (partition, offset) in self.resolve_all(&partitions, to).await? {
+            self.positions.insert(partition, Some(offset));
         }
         Ok(())
+    }
+
+    /// The offset `to` names in each of `partitions`, up to
+    /// [`RESOLVE_IN_FLIGHT_MAX`] lookups at once: a consumer of a
+    /// thousand partitions starts after a few round trips, not a thousand.
+    /// The first lookup that fails fails them all.
+    async fn resolve_all(&self, partitions: &[i32], to: SeekTo) -> Result<Vec<(i32, i64)>> {
+        use futures_util::stream::{self, StreamExt, TryStreamExt};
+        stream::iter(partitions.iter().copied())
+            .map(|partition| async move {
+                self.resolve(partition, to)
+                    .await
+                    .map(|offset| (partition, offset))
+            })
+            .buffer_unordered(RESOLVE_IN_FLIGHT_MAX)
+            .try_collect()
+            .await
     }
 
     /// The offset `to` names in the partition. Reading from a replica,
@@ -355,8 +376,8 @@ impl Consumer {
             .filter(|(_, pos)| pos.is_none())
             .map(|(&p, _)| p)
             .collect();
-        for partition in unknown {
-            self.seek(partition, self.config.start).await?;
+        for (partition, offset) in self.resolve_all(&unknown, self.config.start).await? {
+            self.positions.insert(partition, Some(offset));
         }
         let deadline = Instant::now() + max_wait;
         let mut round = 0;

@@ -309,6 +309,46 @@ async fn a_refused_item_of_a_grouped_request_is_retried_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_of_many_partitions_looks_their_positions_up_concurrently() {
+    bounded(async {
+        let mock = MockBroker::start().await;
+        let client = topic(&mock, "wide", 200).await;
+        let producer = Producer::new(client.clone(), ProducerConfig::default());
+        producer
+            .send(ProducerRecord::new("wide", "x").partition(7))
+            .await
+            .unwrap();
+        // No ListOffsets is answered until 16 are asked at once: one
+        // lookup at a time would never start.
+        mock.behaviour().gate_list_offsets = Some(16);
+        let mut consumer = Consumer::new(client, ConsumerConfig::default());
+        consumer.assign_all("wide").await.unwrap();
+        consumer.seek_all(SeekTo::Latest).await.unwrap();
+        for partition in 0..200 {
+            let expected = if partition == 7 { 1 } else { 0 };
+            assert_eq!(consumer.position(partition), Some(expected), "{partition}");
+        }
+        let lookups = mock.state.count(Api::ListOffsets);
+        assert!(lookups >= 200, "one lookup per partition: {lookups}");
+        // A consumer that starts without positions resolves them the same
+        // way, and reads.
+        let mut fresh = Consumer::new(
+            Client::connect(config(&mock)).await.unwrap(),
+            ConsumerConfig {
+                start: SeekTo::Earliest,
+                ..ConsumerConfig::default()
+            },
+        );
+        fresh.assign_all("wide").await.unwrap();
+        let records = fresh.poll(Duration::from_secs(5)).await.unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!((records[0].partition, records[0].offset), (7, 0));
+        producer.close().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumer_reads_everything_in_order_and_seeks() {
     bounded(async {
         let mock = MockBroker::start().await;

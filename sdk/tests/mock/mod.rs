@@ -68,6 +68,10 @@ pub struct Behaviour {
     /// ListTopics requests are held until this many are held on the
     /// connection, then all answered, newest first.
     pub gate_list_topics: Option<usize>,
+    /// ListOffsets requests are held until this many are held at once
+    /// (on any connection), then answered; later ones pass. A client that
+    /// asks one at a time never gets an answer.
+    pub gate_list_offsets: Option<usize>,
     /// Each Produce request is held this long before it is executed and
     /// answered, as a slow broker would.
     pub produce_delay: Duration,
@@ -118,6 +122,10 @@ pub struct State {
     pub received: Notify,
     /// Notified on each append, for long polls.
     appended: Notify,
+    /// ListOffsets requests held by `gate_list_offsets`, and whether it
+    /// has opened.
+    list_offsets_held: Mutex<(usize, bool)>,
+    list_offsets_opened: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -254,6 +262,8 @@ impl MockBroker {
             fetch_log: Mutex::new(Vec::new()),
             received: Notify::new(),
             appended: Notify::new(),
+            list_offsets_held: Mutex::default(),
+            list_offsets_opened: Notify::new(),
         });
         for (id, listener) in listeners {
             let port = listener.local_addr().unwrap().port();
@@ -707,6 +717,34 @@ async fn handle(
             })]
         }
         Api::ListOffsets => {
+            let gate = lock(&state.behaviour).gate_list_offsets;
+            if let Some(gate) = gate {
+                loop {
+                    let opened = state.list_offsets_opened.notified();
+                    tokio::pin!(opened);
+                    opened.as_mut().enable();
+                    {
+                        let mut held = lock(&state.list_offsets_held);
+                        if !held.1 {
+                            held.0 += 1;
+                            if held.0 >= gate {
+                                held.1 = true;
+                                state.list_offsets_opened.notify_waiters();
+                            }
+                        }
+                        if held.1 {
+                            break;
+                        }
+                    }
+                    opened.await;
+                    let mut held = lock(&state.list_offsets_held);
+                    if held.1 {
+                        break;
+                    }
+                    // Woken without opening: counted again on the retry.
+                    held.0 -= 1;
+                }
+            }
             let body = req.body_as_list_offsets_request().unwrap();
             let results: Vec<_> = body
                 .partitions()
