@@ -406,6 +406,51 @@ fn retention_and_the_collector_give_space_back() {
 }
 
 #[test]
+fn indexes_written_behind_the_rolls_are_complete_after_close_and_after_gc() {
+    let dir = tempfile::tempdir().unwrap();
+    let parts = [1u64, 2];
+    let expect = run(|| async {
+        let (log, _) = ShardLog::open(small_config(dir.path())).await.unwrap();
+        for &p in &parts {
+            log.create_partition(p).await.unwrap();
+        }
+        let e = fill(&log, &parts, 200, 0).await;
+        assert!(log.stats().segments_rolled >= 2, "the fill rolls");
+        log.close().await.unwrap();
+        e
+    });
+    let logs = |ext: &str| {
+        let mut seqs: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().to_string_lossy().to_string();
+                name.strip_suffix(ext).map(str::to_owned)
+            })
+            .collect();
+        seqs.sort();
+        seqs
+    };
+    // Every segment, sealed by a roll or by close, has its index: the
+    // writes a roll leaves to the blocking thread are awaited by close.
+    assert_eq!(logs(".idx"), logs(".log"));
+    assert!(logs(".idx.tmp").is_empty());
+    run(|| async {
+        let (log, report) = ShardLog::open(small_config(dir.path())).await.unwrap();
+        assert_eq!(report.indexes_rebuilt, 0, "every index was valid");
+        check(&log, &parts, &expect).await;
+        // Retention deletes the sealed segments, each after its index write.
+        for &p in &parts {
+            log.compact(p, log.last_index(p).unwrap() + 1).await.unwrap();
+        }
+        log.roll().await.unwrap();
+        log.gc().await.unwrap();
+        assert_eq!(log.segment_count(), 1, "only the active segment is left");
+        log.close().await.unwrap();
+    });
+    assert_eq!(logs(".idx"), logs(".log"), "no index outlives its segment");
+}
+
+#[test]
 fn corruption_is_an_error_never_data() {
     let dir = tempfile::tempdir().unwrap();
     let parts = [1u64, 2];

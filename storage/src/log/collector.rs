@@ -89,6 +89,8 @@ impl ShardLog {
         }
         let dir = self.shared.inner.borrow().cfg.dir.clone();
         for (seq, path, end) in dead {
+            // Its index file is written before it goes, never after.
+            self.sidecar_written(seq).await;
             let still_dead = self
                 .shared
                 .inner

@@ -382,6 +382,9 @@ struct Inner {
     free_segments: VecDeque<u32>,
     /// The next segment, being zeroed in the background.
     prepared: Option<Prepared>,
+    /// Index files of sealed segments being written on the blocking
+    /// thread, by segment (see `spawn_sidecar`).
+    sidecar_writes: BTreeMap<u32, glommio::Task<()>>,
     /// `reserve` calls waiting for staging-buffer space: ticket → bytes
     /// wanted (see `SpaceWaiter`).
     space_queue: BTreeMap<u64, usize>,
@@ -493,6 +496,7 @@ impl ShardLog {
     pub async fn close(&self) -> Result<()> {
         self.sync().await?;
         self.shared.closed.set(true);
+        self.sidecars_written().await;
         let (cfg, seq, rows) = {
             let mut inner = self.shared.inner.borrow_mut();
             (

@@ -231,6 +231,7 @@ impl ShardLog {
             rolling: false,
             free_segments,
             prepared: None,
+            sidecar_writes: BTreeMap::new(),
             space_queue: BTreeMap::new(),
             space_tickets: 0,
             poisoned: None,
