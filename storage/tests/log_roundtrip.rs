@@ -440,7 +440,9 @@ fn indexes_written_behind_the_rolls_are_complete_after_close_and_after_gc() {
         check(&log, &parts, &expect).await;
         // Retention deletes the sealed segments, each after its index write.
         for &p in &parts {
-            log.compact(p, log.last_index(p).unwrap() + 1).await.unwrap();
+            log.compact(p, log.last_index(p).unwrap() + 1)
+                .await
+                .unwrap();
         }
         log.roll().await.unwrap();
         log.gc().await.unwrap();
