@@ -130,6 +130,7 @@ pub struct ShardMetrics {
     pub storage_segments: AtomicU64,
     /// Segment files the collector deleted (retention, deleted topics).
     pub storage_segments_deleted: AtomicU64,
+    /// Segments the shard log sealed to start a new one.
     pub storage_segments_rolled: AtomicU64,
     /// Bytes of disk the collector gave back.
     pub storage_bytes_freed: AtomicU64,

@@ -187,7 +187,12 @@ impl Consumer {
     /// [`seek`](Self::seek) on every assigned partition.
     pub async fn seek_all(&mut self, to: SeekTo) -> Result<()> {
         let partitions: Vec<i32> = self.positions.keys().copied().collect();
-        for (partition, offset) in self.resolve_all(&partitions, to).await? {
+        self.seek_each(&partitions, to).await
+    }
+
+    /// [`seek`](Self::seek) on each of `partitions`, all assigned.
+    async fn seek_each(&mut self, partitions: &[i32], to: SeekTo) -> Result<()> {
+        for (partition, offset) in self.resolve_all(partitions, to).await? {
             self.positions.insert(partition, Some(offset));
         }
         Ok(())
@@ -376,9 +381,7 @@ impl Consumer {
             .filter(|(_, pos)| pos.is_none())
             .map(|(&p, _)| p)
             .collect();
-        for (partition, offset) in self.resolve_all(&unknown, self.config.start).await? {
-            self.positions.insert(partition, Some(offset));
-        }
+        self.seek_each(&unknown, self.config.start).await?;
         let deadline = Instant::now() + max_wait;
         let mut round = 0;
         loop {

@@ -36,6 +36,28 @@ async fn fill(log: &ShardLog, parts: &[u64], n: u64, ts0: i64) -> Vec<Vec<(u64, 
     expect
 }
 
+/// What each partition must hold: (index, term, stamped bytes) per entry.
+type Expected = Vec<Vec<(u64, u64, Vec<u8>)>>;
+
+/// A log in `dir` with `parts` created and [`fill`]ed with `n` entries each,
+/// then closed: what each partition must hold, and the log's stats at close.
+fn filled_and_closed(
+    dir: &std::path::Path,
+    parts: &[u64],
+    n: u64,
+) -> (Expected, shardmq_storage::StatsSnapshot) {
+    run(|| async {
+        let (log, _) = ShardLog::open(small_config(dir)).await.unwrap();
+        for &p in parts {
+            log.create_partition(p).await.unwrap();
+        }
+        let expect = fill(&log, parts, n, 0).await;
+        let stats = log.stats();
+        log.close().await.unwrap();
+        (expect, stats)
+    })
+}
+
 async fn check(log: &ShardLog, parts: &[u64], expect: &[Vec<(u64, u64, Vec<u8>)>]) {
     for (k, &p) in parts.iter().enumerate() {
         let first = log.first_index(p).unwrap();
@@ -409,16 +431,8 @@ fn retention_and_the_collector_give_space_back() {
 fn indexes_written_behind_the_rolls_are_complete_after_close_and_after_gc() {
     let dir = tempfile::tempdir().unwrap();
     let parts = [1u64, 2];
-    let expect = run(|| async {
-        let (log, _) = ShardLog::open(small_config(dir.path())).await.unwrap();
-        for &p in &parts {
-            log.create_partition(p).await.unwrap();
-        }
-        let e = fill(&log, &parts, 200, 0).await;
-        assert!(log.stats().segments_rolled >= 2, "the fill rolls");
-        log.close().await.unwrap();
-        e
-    });
+    let (expect, stats) = filled_and_closed(dir.path(), &parts, 200);
+    assert!(stats.segments_rolled >= 2, "the fill rolls");
     let logs = |ext: &str| {
         let mut seqs: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -456,15 +470,7 @@ fn indexes_written_behind_the_rolls_are_complete_after_close_and_after_gc() {
 fn corruption_is_an_error_never_data() {
     let dir = tempfile::tempdir().unwrap();
     let parts = [1u64, 2];
-    let expect = run(|| async {
-        let (log, _) = ShardLog::open(small_config(dir.path())).await.unwrap();
-        for &p in &parts {
-            log.create_partition(p).await.unwrap();
-        }
-        let e = fill(&log, &parts, 60, 0).await;
-        log.close().await.unwrap();
-        e
-    });
+    let (expect, _) = filled_and_closed(dir.path(), &parts, 60);
     // Flip a payload byte in the middle of the first segment.
     let first_segment = dir.path().join("0000000001.log");
     let mut bytes = std::fs::read(&first_segment).unwrap();

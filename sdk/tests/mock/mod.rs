@@ -719,30 +719,21 @@ async fn handle(
         Api::ListOffsets => {
             let gate = lock(&state.behaviour).gate_list_offsets;
             if let Some(gate) = gate {
-                loop {
-                    let opened = state.list_offsets_opened.notified();
-                    tokio::pin!(opened);
-                    opened.as_mut().enable();
-                    {
-                        let mut held = lock(&state.list_offsets_held);
-                        if !held.1 {
-                            held.0 += 1;
-                            if held.0 >= gate {
-                                held.1 = true;
-                                state.list_offsets_opened.notify_waiters();
-                            }
-                        }
-                        if held.1 {
-                            break;
-                        }
-                    }
-                    opened.await;
+                // Listening before counting: the opening wakes it either way.
+                let opened = state.list_offsets_opened.notified();
+                tokio::pin!(opened);
+                opened.as_mut().enable();
+                let open = {
                     let mut held = lock(&state.list_offsets_held);
-                    if held.1 {
-                        break;
+                    held.0 += 1;
+                    if held.0 >= gate && !held.1 {
+                        held.1 = true;
+                        state.list_offsets_opened.notify_waiters();
                     }
-                    // Woken without opening: counted again on the retry.
-                    held.0 -= 1;
+                    held.1
+                };
+                if !open {
+                    opened.await;
                 }
             }
             let body = req.body_as_list_offsets_request().unwrap();

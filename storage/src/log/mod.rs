@@ -508,7 +508,7 @@ impl ShardLog {
         // The active segment's index lets the next open skip its scan only
         // once it is sealed there; write it now so a clean shutdown leaves a
         // complete set of index files.
-        write_sidecar(&sidecar_path(&cfg.dir, seq), seq, &rows)?;
+        write_sidecar(&sidecar_path(&cfg.dir, seq), seq, &rows, true)?;
         Ok(())
     }
 }

@@ -131,7 +131,7 @@ impl ShardLog {
                     }
                     // The segment is sealed from here on (this open starts a
                     // new one), so its index is final.
-                    write_sidecar(&idx_path, seq, &scan.rows)?;
+                    write_sidecar(&idx_path, seq, &scan.rows, true)?;
                     (scan.records, scan.end)
                 }
             };

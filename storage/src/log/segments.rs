@@ -140,7 +140,7 @@ impl ShardLog {
     /// ([`sidecar_written`](Self::sidecar_written)), and `close` for all.
     pub(super) fn spawn_sidecar(&self, path: PathBuf, seq: u32, rows: Vec<SidecarRow>) {
         let write = glommio::executor().spawn_blocking(move || {
-            if let Err(error) = write_sidecar_as(&path, seq, &rows, false) {
+            if let Err(error) = write_sidecar(&path, seq, &rows, false) {
                 tracing::warn!(segment = seq, %error, "segment index not written; the next open rebuilds it");
             }
         });
@@ -481,15 +481,12 @@ pub(super) fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| StorageError::io("sync dir", dir, e))
 }
 
-pub(super) fn write_sidecar(path: &Path, seq: u32, rows: &[SidecarRow]) -> Result<()> {
-    write_sidecar_as(path, seq, rows, true)
-}
-
-/// [`write_sidecar`], with `durable` false not syncing the file before
-/// its rename: an index is validated as a whole when read (length, CRC,
-/// row order) and rebuilt from the segment when it is not valid, so one a
-/// crash cut short costs a scan, never a record.
-pub(super) fn write_sidecar_as(
+/// Writes the index file of segment `seq` to a temporary file renamed into
+/// place; with `durable` false, without syncing it first: an index is
+/// validated as a whole when read (length, CRC, row order) and rebuilt from
+/// the segment when it is not valid, so one a crash cut short costs a scan,
+/// never a record.
+pub(super) fn write_sidecar(
     path: &Path,
     seq: u32,
     rows: &[SidecarRow],
